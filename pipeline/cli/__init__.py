@@ -1,0 +1,36 @@
+"""The project's command line: ``python -m pipeline <command> ...``.
+
+Each sub-module registers one command group through ``add_parser(subparsers)`` and sets ``func`` on its parser;
+``func(args)`` returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import data, demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="DiffNet MRI denoising: prepare data manifests and run the end-to-end demo.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (data, demo):
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

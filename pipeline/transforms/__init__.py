@@ -1,0 +1,28 @@
+"""MONAI transforms: MRI noise models, intensity normalisation to a reference intensity, head masks and the
+Perona-Malik forward degradation. Dictionary transforms turn ``{"label": clean}`` into
+``{"image": noisy, "label": clean}``."""
+
+from pipeline.transforms.degradation import PeronaMalikDegrade, PeronaMalikDegraded
+from pipeline.transforms.intensity import (
+    HeadMask,
+    HeadMaskd,
+    RestoreIntensityd,
+    ScaleToReference,
+    ScaleToReferenced,
+    reference_intensity,
+)
+from pipeline.transforms.noise import MRINoise, MRINoised, RandMRINoised
+
+__all__ = [
+    "HeadMask",
+    "HeadMaskd",
+    "MRINoise",
+    "MRINoised",
+    "PeronaMalikDegrade",
+    "PeronaMalikDegraded",
+    "RandMRINoised",
+    "RestoreIntensityd",
+    "ScaleToReference",
+    "ScaleToReferenced",
+    "reference_intensity",
+]
