@@ -1,0 +1,67 @@
+"""``python -m pipeline data ...``: prepare datalists.
+
+``python -m pipeline data manifest DATA_ROOT --out data_manifests/x.json [--seed 0] [--fractions 0.7 0.15 0.15]
+[--pattern REGEX]`` finds the volumes under DATA_ROOT, splits them by subject and writes a Decathlon-format manifest
+whose ``data_root`` is relative to the manifest's folder, so a committed manifest keeps working from any clone that
+has the data at the same place relative to the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from pipeline.data.manifest import DEFAULT_SUBJECT_PATTERN, SPLITS, build_manifest, write_manifest
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``data`` command group on an argparse ``subparsers`` object."""
+    data = subparsers.add_parser("data", help="prepare data manifests (datalists split by subject)")
+    data.set_defaults(func=lambda args: _print_help(data))
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+
+    manifest = commands.add_parser(
+        "manifest",
+        help="split the volumes of a folder by subject into a Decathlon-format manifest",
+        description="Find NIfTI, MHA/MHD files and DICOM series folders under DATA_ROOT, split them by subject "
+        "into training/validation/test with a fixed seed, and write a MONAI Decathlon-format manifest.",
+    )
+    manifest.add_argument("data_root", metavar="DATA_ROOT", help="folder holding the clean volumes")
+    manifest.add_argument("--out", required=True, help="manifest JSON to write, e.g. data_manifests/ixi_t1.json")
+    manifest.add_argument("--seed", type=int, default=0, help="seed of the subject shuffle (default: 0)")
+    manifest.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=(0.7, 0.15, 0.15),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions of subjects per split, summing to 1 (default: 0.7 0.15 0.15)",
+    )
+    manifest.add_argument(
+        "--pattern",
+        default=DEFAULT_SUBJECT_PATTERN,
+        help=f"regex whose first group is the subject id in a file name (default: {DEFAULT_SUBJECT_PATTERN!r})",
+    )
+    manifest.set_defaults(func=run_manifest)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    """Build, write and summarise a manifest; returns the exit status."""
+    out = Path(args.out)
+    manifest = build_manifest(args.data_root, fractions=args.fractions, seed=args.seed, pattern=args.pattern)
+    # Relative to the manifest's folder, so load_manifest finds the data from wherever the repository is cloned.
+    relative_root = os.path.relpath(os.path.abspath(args.data_root), os.path.abspath(out.parent))
+    manifest["data_root"] = Path(relative_root).as_posix()
+    write_manifest(manifest, out)
+    for split in SPLITS:
+        entries = manifest[split]
+        subjects = {e["subject"] for e in entries}
+        print(f"{split:<10} {len(subjects):4d} subjects {len(entries):4d} files")
+    print(f"wrote {out} (data_root: {manifest['data_root']})")
+    return 0

@@ -1,0 +1,27 @@
+"""Data: manifests (Decathlon-format datalists split by subject) and MONAI dataset/loader builders."""
+
+from pipeline.data.loaders import eval_dataset, make_loader, patch_dataset_3d, slice_dataset_2d, volume_transforms
+from pipeline.data.manifest import (
+    DEFAULT_SUBJECT_PATTERN,
+    SPLITS,
+    build_manifest,
+    find_volumes,
+    load_manifest,
+    subject_id,
+    write_manifest,
+)
+
+__all__ = [
+    "DEFAULT_SUBJECT_PATTERN",
+    "SPLITS",
+    "build_manifest",
+    "eval_dataset",
+    "find_volumes",
+    "load_manifest",
+    "make_loader",
+    "patch_dataset_3d",
+    "slice_dataset_2d",
+    "subject_id",
+    "volume_transforms",
+    "write_manifest",
+]

@@ -1,0 +1,170 @@
+"""MONAI datasets and loaders that turn manifest entries ``{"label": path}`` into training and evaluation pairs.
+
+Shapes use MONAI's channel-first layout after ``Orientationd("RAS")``: a volume is ``(1, H, W, D)`` with the axial
+axis last (IXI: ``(1, 120, 120, 90)`` at 2 mm). Intensities are scaled so that the reference intensity (99th
+percentile of the head) is 1.0. Every dataset item holds:
+
+- ``"label"``: the clean target, ``"image"``: the noisy input (same shape), ``"mask"``: the binary head mask;
+- ``"reference_intensity"``: the intensity that was mapped to 1.0.
+
+The deterministic part (load, orient, scale, mask) is cached by :class:`monai.data.CacheDataset`; cropping and
+training noise are drawn afresh at every epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    LoadImaged,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    SpatialPadd,
+    SqueezeDimd,
+)
+
+from pipeline.transforms import HeadMaskd, MRINoised, RandMRINoised, ScaleToReferenced
+
+__all__ = ["eval_dataset", "make_loader", "patch_dataset_3d", "slice_dataset_2d", "volume_transforms"]
+
+REFERENCE_KEY = "reference_intensity"
+MASK_KEY = "mask"
+
+
+def volume_transforms(keys: Sequence[str] | str = ("label",), reader=None) -> Compose:
+    """Load, orient and normalise whole volumes.
+
+    ``LoadImaged`` picks ``NibabelReader`` for NIfTI and ``ITKReader`` for MHA/MHD files and DICOM series folders
+    unless ``reader`` is given. The first key is the clean volume: it gives the head mask and the reference
+    intensity (99th percentile inside the mask), by which every key is divided.
+
+    Returns:
+        a ``Compose`` mapping ``{"label": path}`` to ``{"label": (1, H, W, D) float32 (RAS), >= 0, head mostly in
+        [0, 1.5] (bright vessels up to ~3), "mask": (1, H, W, D) float32 in {0, 1}, "reference_intensity": float}``.
+    """
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    return Compose(
+        [
+            LoadImaged(keys=keys, reader=reader, image_only=True),
+            EnsureChannelFirstd(keys=keys),
+            # labels=None: orient by the space the reader recorded (RAS for NIfTI and, after conversion, ITK).
+            Orientationd(keys=keys, axcodes="RAS", labels=None),
+            # The mask is scale-invariant, so it is computed once, on the raw clean volume, and reused for the
+            # reference intensity; every key is divided by the clean volume's reference (one scale for all).
+            HeadMaskd(keys=keys[0], mask_key=MASK_KEY),
+            ScaleToReferenced(keys=keys, percentile=99.0, reference_key=REFERENCE_KEY, mask_key=MASK_KEY),
+        ]
+    )
+
+
+def _patch_pipeline(roi_size: Sequence[int], samples_per_volume: int) -> list:
+    """Pad to at least ``roi_size`` (small volumes keep working), then crop patches centred inside the head."""
+    keys = ["label", MASK_KEY]
+    return [
+        SpatialPadd(keys=keys, spatial_size=roi_size),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=MASK_KEY,
+            spatial_size=roi_size,
+            pos=1,
+            neg=0,
+            num_samples=samples_per_volume,
+        ),
+    ]
+
+
+def _dataset(datalist: Sequence[dict], transform: Compose, cache: bool):
+    if cache:
+        return CacheDataset(data=list(datalist), transform=transform, cache_rate=1.0, num_workers=None, progress=False)
+    return Dataset(data=list(datalist), transform=transform)
+
+
+def slice_dataset_2d(
+    datalist: Sequence[dict],
+    roi_size: Sequence[int] = (64, 64),
+    samples_per_volume: int = 8,
+    noise: str = "rician",
+    level_range: Sequence[float] = (0.03, 0.15),
+    cache: bool = True,
+    reader=None,
+):
+    """Training pairs of 2D axial patches with random noise.
+
+    Each volume yields ``samples_per_volume`` patches of ``roi_size`` taken from axial slices (the last RAS axis),
+    centred on head voxels. Items: ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, roi_h, roi_w)``; the
+    noise level is drawn per patch from ``level_range`` (fraction of the reference intensity, i.e. of 1.0).
+    Batched by :func:`make_loader` to ``(B * samples_per_volume, 1, roi_h, roi_w)``.
+    """
+    roi_size = tuple(int(s) for s in roi_size)
+    if len(roi_size) != 2:
+        raise ValueError(f"roi_size must be (h, w) for 2D slices, got {roi_size}")
+    transform = Compose(
+        [
+            *volume_transforms("label", reader=reader).transforms,
+            *_patch_pipeline((*roi_size, 1), samples_per_volume),
+            SqueezeDimd(keys=["label", MASK_KEY], dim=-1),
+            RandMRINoised(source_key="label", target_key="image", noise=noise, level_range=tuple(level_range)),
+        ]
+    )
+    return _dataset(datalist, transform, cache)
+
+
+def patch_dataset_3d(
+    datalist: Sequence[dict],
+    roi_size: Sequence[int] = (48, 48, 48),
+    samples_per_volume: int = 4,
+    noise: str = "rician",
+    level_range: Sequence[float] = (0.03, 0.15),
+    cache: bool = True,
+    reader=None,
+):
+    """Training pairs of 3D patches with random noise.
+
+    Items: ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, *roi_size)``, centred on head voxels; batched by
+    :func:`make_loader` to ``(B * samples_per_volume, 1, *roi_size)``.
+    """
+    roi_size = tuple(int(s) for s in roi_size)
+    if len(roi_size) != 3:
+        raise ValueError(f"roi_size must be (h, w, d) for 3D patches, got {roi_size}")
+    transform = Compose(
+        [
+            *volume_transforms("label", reader=reader).transforms,
+            *_patch_pipeline(roi_size, samples_per_volume),
+            RandMRINoised(source_key="label", target_key="image", noise=noise, level_range=tuple(level_range)),
+        ]
+    )
+    return _dataset(datalist, transform, cache)
+
+
+def eval_dataset(
+    datalist: Sequence[dict],
+    noise: str = "rician",
+    level: float = 0.05,
+    seed: int = 0,
+    cache: bool = True,
+    reader=None,
+):
+    """Deterministic evaluation pairs on whole volumes.
+
+    Items: ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, H, W, D)``. The noise comes from ``MRINoised`` with
+    a fixed ``seed``, so every method (and every epoch) sees the identical noisy input. 2D models run on these
+    volumes slice by slice (e.g. ``monai.inferers.SliceInferer``).
+    """
+    transform = Compose(
+        [
+            *volume_transforms("label", reader=reader).transforms,
+            MRINoised(source_key="label", target_key="image", noise=noise, level=level, seed=seed),
+        ]
+    )
+    return _dataset(datalist, transform, cache)
+
+
+def make_loader(dataset, batch_size: int = 1, shuffle: bool = False, num_workers: int = 0, **kwargs) -> DataLoader:
+    """A ``monai.data.DataLoader``; its ``list_data_collate`` flattens the per-volume lists of patches, so a batch
+    of ``batch_size`` volumes holds ``batch_size * samples_per_volume`` patches."""
+    kwargs.setdefault("pin_memory", torch.cuda.is_available())
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, **kwargs)
