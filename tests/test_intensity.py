@@ -1,7 +1,5 @@
 """Reference intensity, scaling to it and back, and head masks (synthetic phantoms and one real IXI volume)."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +17,8 @@ from pipeline.transforms import (
     reference_intensity,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO / ".." / "shared" / "data"))
+from conftest import SHARED_DATA  # noqa: E402
+
 IXI_T1 = SHARED_DATA / "ixi_t1"
 
 

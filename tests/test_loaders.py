@@ -1,7 +1,6 @@
 """Loading NIfTI, MHA and DICOM series through ``volume_transforms`` (shape, RAS orientation, slice order), and the
 2D slice / 3D patch training datasets and the deterministic evaluation dataset."""
 
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -19,9 +18,7 @@ from pipeline.data import (
     volume_transforms,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
-IXI_MANIFEST = REPO / "data_manifests" / "ixi_t1.json"
+from conftest import IXI_MANIFEST, SHARED_DATA  # noqa: E402
 
 
 def head_volume(shape=(24, 20, 12)) -> np.ndarray:

@@ -2,7 +2,6 @@
 loaded with their paths resolved (argument > $PIPELINE_DATA_ROOT > manifest), and the ``data manifest`` command."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +21,8 @@ from pipeline.data import (
     write_manifest,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-COMMITTED_MANIFEST = REPO / "data_manifests" / "ixi_t1.json"
-SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
+from conftest import IXI_MANIFEST as COMMITTED_MANIFEST  # noqa: E402
+from conftest import REPO, SHARED_DATA  # noqa: E402
 
 # Subjects with more than one scan: all their files must share a split.
 MULTI_SCAN = {"IXI002": 3, "IXI017": 2, "IXI030": 2}

@@ -1,6 +1,16 @@
 """Data: manifests (Decathlon-format datalists split by subject) and MONAI dataset/loader builders."""
 
-from pipeline.data.loaders import eval_dataset, make_loader, patch_dataset_3d, slice_dataset_2d, volume_transforms
+from pipeline.data.loaders import (
+    eval_axial_slices,
+    eval_dataset,
+    eval_transforms,
+    make_loader,
+    patch_dataset_3d,
+    patch_transforms_3d,
+    slice_dataset_2d,
+    slice_transforms_2d,
+    volume_transforms,
+)
 from pipeline.data.manifest import (
     DEFAULT_SUBJECT_PATTERN,
     SPLITS,
@@ -15,12 +25,16 @@ __all__ = [
     "DEFAULT_SUBJECT_PATTERN",
     "SPLITS",
     "build_manifest",
+    "eval_axial_slices",
     "eval_dataset",
+    "eval_transforms",
     "find_volumes",
     "load_manifest",
     "make_loader",
     "patch_dataset_3d",
+    "patch_transforms_3d",
     "slice_dataset_2d",
+    "slice_transforms_2d",
     "subject_id",
     "volume_transforms",
     "write_manifest",

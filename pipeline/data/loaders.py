@@ -29,7 +29,17 @@ from monai.transforms import (
 
 from pipeline.transforms import HeadMaskd, MRINoised, RandMRINoised, ScaleToReferenced
 
-__all__ = ["eval_dataset", "make_loader", "patch_dataset_3d", "slice_dataset_2d", "volume_transforms"]
+__all__ = [
+    "eval_axial_slices",
+    "eval_dataset",
+    "eval_transforms",
+    "make_loader",
+    "patch_dataset_3d",
+    "patch_transforms_3d",
+    "slice_dataset_2d",
+    "slice_transforms_2d",
+    "volume_transforms",
+]
 
 REFERENCE_KEY = "reference_intensity"
 MASK_KEY = "mask"
@@ -83,26 +93,23 @@ def _dataset(datalist: Sequence[dict], transform: Compose, cache: bool):
     return Dataset(data=list(datalist), transform=transform)
 
 
-def slice_dataset_2d(
-    datalist: Sequence[dict],
+def slice_transforms_2d(
     roi_size: Sequence[int] = (64, 64),
     samples_per_volume: int = 8,
     noise: str = "rician",
     level_range: Sequence[float] = (0.03, 0.15),
-    cache: bool = True,
     reader=None,
-):
-    """Training pairs of 2D axial patches with random noise.
+) -> Compose:
+    """Training pipeline of 2D axial patches with random noise: ``{"label": path}`` -> a list of
+    ``samples_per_volume`` items with ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, roi_h, roi_w)``.
 
-    Each volume yields ``samples_per_volume`` patches of ``roi_size`` taken from axial slices (the last RAS axis),
-    centred on head voxels. Items: ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, roi_h, roi_w)``; the
-    noise level is drawn per patch from ``level_range`` (fraction of the reference intensity, i.e. of 1.0).
-    Batched by :func:`make_loader` to ``(B * samples_per_volume, 1, roi_h, roi_w)``.
+    Patches come from axial slices (the last RAS axis), centred on head voxels; the noise level is drawn per patch
+    from ``level_range`` (fraction of the reference intensity, i.e. of 1.0).
     """
     roi_size = tuple(int(s) for s in roi_size)
     if len(roi_size) != 2:
         raise ValueError(f"roi_size must be (h, w) for 2D slices, got {roi_size}")
-    transform = Compose(
+    return Compose(
         [
             *volume_transforms("label", reader=reader).transforms,
             *_patch_pipeline((*roi_size, 1), samples_per_volume),
@@ -110,57 +117,55 @@ def slice_dataset_2d(
             RandMRINoised(source_key="label", target_key="image", noise=noise, level_range=tuple(level_range)),
         ]
     )
-    return _dataset(datalist, transform, cache)
 
 
-def patch_dataset_3d(
-    datalist: Sequence[dict],
+def patch_transforms_3d(
     roi_size: Sequence[int] = (48, 48, 48),
     samples_per_volume: int = 4,
     noise: str = "rician",
     level_range: Sequence[float] = (0.03, 0.15),
-    cache: bool = True,
     reader=None,
-):
-    """Training pairs of 3D patches with random noise.
-
-    Items: ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, *roi_size)``, centred on head voxels; batched by
-    :func:`make_loader` to ``(B * samples_per_volume, 1, *roi_size)``.
-    """
+) -> Compose:
+    """Training pipeline of 3D patches with random noise: items of shape ``(1, *roi_size)``, centred on the head."""
     roi_size = tuple(int(s) for s in roi_size)
     if len(roi_size) != 3:
         raise ValueError(f"roi_size must be (h, w, d) for 3D patches, got {roi_size}")
-    transform = Compose(
+    return Compose(
         [
             *volume_transforms("label", reader=reader).transforms,
             *_patch_pipeline(roi_size, samples_per_volume),
             RandMRINoised(source_key="label", target_key="image", noise=noise, level_range=tuple(level_range)),
         ]
     )
-    return _dataset(datalist, transform, cache)
 
 
-def eval_dataset(
-    datalist: Sequence[dict],
-    noise: str = "rician",
-    level: float = 0.05,
-    seed: int = 0,
-    cache: bool = True,
-    reader=None,
-):
-    """Deterministic evaluation pairs on whole volumes.
-
-    Items: ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, H, W, D)``. The noise comes from ``MRINoised`` with
-    a fixed ``seed``, so every method (and every epoch) sees the identical noisy input. 2D models run on these
-    volumes slice by slice (e.g. ``monai.inferers.SliceInferer``).
+def eval_transforms(noise: str = "rician", level: float = 0.05, seed: int = 0, reader=None) -> Compose:
+    """Deterministic evaluation pipeline on whole volumes: ``"label"``, ``"image"``, ``"mask"`` of shape
+    ``(1, H, W, D)``. The noise comes from ``MRINoised`` with a fixed ``seed``, so every method (and every epoch)
+    sees the identical noisy input. 2D models run on these volumes slice by slice (``monai.inferers.SliceInferer``).
     """
-    transform = Compose(
+    return Compose(
         [
             *volume_transforms("label", reader=reader).transforms,
             MRINoised(source_key="label", target_key="image", noise=noise, level=level, seed=seed),
         ]
     )
-    return _dataset(datalist, transform, cache)
+
+
+def slice_dataset_2d(datalist: Sequence[dict], *args, cache: bool = True, **kwargs):
+    """A dataset over :func:`slice_transforms_2d`; batched by :func:`make_loader` to
+    ``(B * samples_per_volume, 1, roi_h, roi_w)``."""
+    return _dataset(datalist, slice_transforms_2d(*args, **kwargs), cache)
+
+
+def patch_dataset_3d(datalist: Sequence[dict], *args, cache: bool = True, **kwargs):
+    """A dataset over :func:`patch_transforms_3d`; batched to ``(B * samples_per_volume, 1, *roi_size)``."""
+    return _dataset(datalist, patch_transforms_3d(*args, **kwargs), cache)
+
+
+def eval_dataset(datalist: Sequence[dict], *args, cache: bool = True, **kwargs):
+    """A dataset over :func:`eval_transforms`: whole volumes with seeded noise."""
+    return _dataset(datalist, eval_transforms(*args, **kwargs), cache)
 
 
 def make_loader(dataset, batch_size: int = 1, shuffle: bool = False, num_workers: int = 0, **kwargs) -> DataLoader:
@@ -168,3 +173,20 @@ def make_loader(dataset, batch_size: int = 1, shuffle: bool = False, num_workers
     of ``batch_size`` volumes holds ``batch_size * samples_per_volume`` patches."""
     kwargs.setdefault("pin_memory", torch.cuda.is_available())
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, **kwargs)
+
+
+def eval_axial_slices(datalist: Sequence[dict], noise: str = "rician", level: float = 0.05, seed: int = 0,
+                      every: int = 6, min_head: float = 0.25, cache: bool = False):
+    """Noisy, clean and mask batches ``(N, 1, H, W)`` of every ``every``-th axial slice whose head mask covers at
+    least ``min_head`` of the slice; the noise is added to whole volumes (seeded), so every method sees the same."""
+    noisy, clean, mask = [], [], []
+    for item in eval_dataset(datalist, noise=noise, level=level, seed=seed, cache=cache):
+        head_fraction = item[MASK_KEY].float().mean(dim=(0, 1, 2))
+        for z in range(0, item["label"].shape[-1], every):
+            if head_fraction[z] >= min_head:
+                noisy.append(item["image"][..., z])
+                clean.append(item["label"][..., z])
+                mask.append(item[MASK_KEY][..., z])
+    if not clean:
+        raise ValueError(f"no axial slice with at least {min_head:.0%} head voxels in {len(datalist)} volume(s)")
+    return tuple(torch.stack([torch.as_tensor(t).float() for t in ts]) for ts in (noisy, clean, mask))
