@@ -21,6 +21,7 @@ from pipeline.metrics import psnr, ssim
 from pipeline.networks import DiffNet, PeronaMalik
 from pipeline.tuning import tune_on_slices
 
+
 def train_diffnet(datalist, steps: int, batch_size: int, noise: str, level_range: tuple[float, float], seed: int,
                   lr: float = 2e-3) -> DiffNet:
     """DiffNet (paper preset + guidance) trained for ``steps`` Adam steps on 64x64 axial patches."""
@@ -83,7 +84,8 @@ def run_demo(manifest: str | Path, out_dir: str | Path, data_root: str | None = 
             "SSIM image": ssim(out, clean).mean().item(),
         })
     table = pd.DataFrame(rows).set_index("method")
-    table.attrs.update(train_seconds=train_seconds, level_range=level_range, test_slices=len(clean), noise=noise, level=level)
+    table.attrs.update(train_seconds=train_seconds, level_range=level_range, test_slices=len(clean), noise=noise,
+                       level=level)
 
     checkpoint = out_dir / "diffnet_demo.pt"
     tmp = checkpoint.with_suffix(".pt.tmp")

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline.data.loaders import eval_axial_slices
+from pipeline.data.loaders import axial_slices, volume_transforms
 from pipeline.metrics import psnr
 from pipeline.networks import PeronaMalik
+from pipeline.transforms import MRINoised
 
-KAPPAS = (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24)
+KAPPAS = (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32, 0.48)
 STEPS = (1, 2, 4, 8, 16, 32)
-DT_FRACTIONS = (1.0, 0.5)  # of the stability bound 1 / (2 * spatial_dims)
+DT_FRACTIONS = (1.0, 0.5, 0.25)  # of the stability bound 1 / (2 * spatial_dims)
 
 
 def tune_on_slices(noisy: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor, kappas=KAPPAS, steps=STEPS,
@@ -39,8 +40,10 @@ def tune_perona_malik(datalist, noise: str, levels, seed: int, out_file: str | o
     """Tune for every level on the validation ``datalist``; merge into ``out_file`` (JSON, written atomically)."""
     out_file = Path(out_file)
     table = json.loads(out_file.read_text()) if out_file.is_file() else {}
+    volumes = [volume_transforms("label")(item) for item in datalist]  # loaded once, noised per level
     for level in levels:
-        best = tune_on_slices(*eval_axial_slices(datalist, noise=noise, level=level, seed=seed))
+        noiser = MRINoised(source_key="label", target_key="image", noise=noise, level=level, seed=seed)
+        best = tune_on_slices(*axial_slices([noiser(v) for v in volumes]))
         table.setdefault(noise, {})[f"{level:g}"] = best
         print(f"Perona-Malik {noise} {level:g}: K={best['kappa']}, {best['num_iter']} steps, dt={best['dt']:.4g} "
               f"-> validation PSNR in head {best['val_psnr_head']:.2f} dB", flush=True)

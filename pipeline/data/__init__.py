@@ -1,6 +1,7 @@
 """Data: manifests (Decathlon-format datalists split by subject) and MONAI dataset/loader builders."""
 
 from pipeline.data.loaders import (
+    axial_slices,
     eval_axial_slices,
     eval_dataset,
     eval_transforms,
@@ -22,6 +23,7 @@ from pipeline.data.manifest import (
 )
 
 __all__ = [
+    "axial_slices",
     "DEFAULT_SUBJECT_PATTERN",
     "SPLITS",
     "build_manifest",

@@ -30,6 +30,7 @@ from monai.transforms import (
 from pipeline.transforms import HeadMaskd, MRINoised, RandMRINoised, ScaleToReferenced
 
 __all__ = [
+    "axial_slices",
     "eval_axial_slices",
     "eval_dataset",
     "eval_transforms",
@@ -175,12 +176,12 @@ def make_loader(dataset, batch_size: int = 1, shuffle: bool = False, num_workers
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, **kwargs)
 
 
-def eval_axial_slices(datalist: Sequence[dict], noise: str = "rician", level: float = 0.05, seed: int = 0,
-                      every: int = 6, min_head: float = 0.25, cache: bool = False):
+def axial_slices(items, every: int = 6, min_head: float = 0.25):
     """Noisy, clean and mask batches ``(N, 1, H, W)`` of every ``every``-th axial slice whose head mask covers at
-    least ``min_head`` of the slice; the noise is added to whole volumes (seeded), so every method sees the same."""
+    least ``min_head`` of the slice, from evaluation items (``"image"``, ``"label"``, ``"mask"`` of ``(1, H, W, D)``).
+    """
     noisy, clean, mask = [], [], []
-    for item in eval_dataset(datalist, noise=noise, level=level, seed=seed, cache=cache):
+    for item in items:
         head_fraction = item[MASK_KEY].float().mean(dim=(0, 1, 2))
         for z in range(0, item["label"].shape[-1], every):
             if head_fraction[z] >= min_head:
@@ -188,5 +189,12 @@ def eval_axial_slices(datalist: Sequence[dict], noise: str = "rician", level: fl
                 clean.append(item["label"][..., z])
                 mask.append(item[MASK_KEY][..., z])
     if not clean:
-        raise ValueError(f"no axial slice with at least {min_head:.0%} head voxels in {len(datalist)} volume(s)")
+        raise ValueError(f"no axial slice with at least {min_head:.0%} head voxels in the evaluation volumes")
     return tuple(torch.stack([torch.as_tensor(t).float() for t in ts]) for ts in (noisy, clean, mask))
+
+
+def eval_axial_slices(datalist: Sequence[dict], noise: str = "rician", level: float = 0.05, seed: int = 0,
+                      every: int = 6, min_head: float = 0.25):
+    """:func:`axial_slices` of the volumes of ``datalist`` with seeded noise added to whole volumes, so every
+    method sees the same noisy slices."""
+    return axial_slices(eval_dataset(datalist, noise=noise, level=level, seed=seed, cache=False), every, min_head)
