@@ -17,6 +17,19 @@ from pipeline.data.manifest import find_volumes
 RUN_NAME_FILE = "mlflow_run_name.txt"
 
 
+def as_bool(value) -> bool:
+    """A config flag as a bool. Command-line overrides arrive as text (``--resume true``), and the string
+    ``"false"`` would otherwise count as true."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off", "none", ""):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    return bool(value)
+
+
 def default_dataset_dir(manifest: str | os.PathLike) -> str:
     """``$PIPELINE_DATA_ROOT`` if set, else the manifest's own ``data_root`` (relative to the manifest file)."""
     if os.environ.get("PIPELINE_DATA_ROOT"):
@@ -40,7 +53,7 @@ def run_name(method: str, workflow: str, output_dir: str | os.PathLike, resume: 
     continues the interrupted (still unfinished) run instead of starting an unrelated one.
     """
     record = Path(output_dir) / f"{workflow}_{RUN_NAME_FILE}"
-    if resume and record.is_file():
+    if as_bool(resume) and record.is_file():
         return record.read_text().strip()
     name = f"{method}-{workflow}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 logs to MLflow, so only it records
@@ -61,7 +74,7 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
 
 def resume_checkpoint(output_dir: str | os.PathLike, resume: bool) -> str | None:
     """The checkpoint to resume from when ``resume`` is true; a clear error if there is none."""
-    if not resume:
+    if not as_bool(resume):
         return None
     path = latest_checkpoint(output_dir)
     if path is None:

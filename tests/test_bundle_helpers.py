@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bundle import inference_datalist, latest_checkpoint, resume_checkpoint, run_name
+from pipeline.bundle import as_bool, inference_datalist, latest_checkpoint, resume_checkpoint, run_name
 from pipeline.metrics import psnr
 from pipeline.tuning import tune_on_slices, tuned_parameters
 
@@ -65,3 +65,13 @@ def test_tuning_finds_parameters_that_beat_the_noisy_input():
     best = tune_on_slices(noisy, clean, mask)
     assert best["val_psnr_head"] > psnr(noisy, clean, mask).mean().item() + 3
     assert best["num_iter"] > 1 and 0 < best["dt"] <= 0.25
+
+
+@pytest.mark.parametrize("value,expected", [("true", True), ("False", False), ("0", False), (True, True), (0, False)])
+def test_command_line_flags_become_bools(value, expected):
+    assert as_bool(value) is expected
+
+
+def test_an_unclear_flag_is_refused():
+    with pytest.raises(ValueError, match="true or false"):
+        as_bool("maybe")
