@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from monai.transforms import LoadImage
 
 from conftest import IXI_MANIFEST, REPO, SHARED_DATA
+from dicom_series import write_dicom_series
 from pipeline.data import load_manifest
 from pipeline.networks import DiffNet, residual_unet
 
@@ -115,42 +117,6 @@ def load_diffnet(path: Path) -> DiffNet:
     net = DiffNet(2, guidance=True)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict: every key, no "module."
     return net.eval()
-
-
-def write_dicom_series(folder: Path, data: np.ndarray, spacing=(2.0, 2.0, 2.5)) -> Path:
-    """One 2D DICOM file per axial slice of an ``(x, y, z)`` array, with the tags a series needs and a patient name
-    and ID that must never reach the outputs. Files are named in reverse slice order (a reader must sort by Image
-    Position (Patient), not by file name)."""
-    import SimpleITK as sitk
-
-    folder.mkdir(parents=True)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
-    image.SetSpacing(spacing)
-    image.SetOrigin((-80.0, -90.0, 10.0))
-    study, series = "1.2.826.0.1.3680043.2.1125.7.1", "1.2.826.0.1.3680043.2.1125.7.2"
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    n = image.GetDepth()
-    for k in range(n):
-        slice_k = image[:, :, k]
-        tags = {
-            "0008|0060": "MR",
-            "0010|0010": PATIENT_NAME,
-            "0010|0020": PATIENT_ID,
-            "0020|000d": study,  # Study Instance UID
-            "0020|000e": series,  # Series Instance UID
-            "0008|0018": f"{series}.{k + 1}",  # SOP Instance UID
-            "0020|0032": "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0037": "1\\0\\0\\0\\1\\0",  # Image Orientation (Patient)
-            "0018|0050": str(spacing[2]),  # Slice Thickness
-            "0028|0030": f"{spacing[1]}\\{spacing[0]}",  # Pixel Spacing (row, column)
-            "0020|0013": str(k + 1),  # Instance Number
-        }
-        for tag, value in tags.items():
-            slice_k.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{n - k:04d}.dcm"))
-        writer.Execute(slice_k)
-    return folder
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -462,15 +428,54 @@ def test_inference_refuses_to_overwrite_an_input(small_nifti, work):
     assert {p.name: sha256(p) for p in folder.iterdir()} == digests, "files in the input folder changed"
 
 
+def test_inference_on_mha_keeps_geometry(model_pt, work, small_nifti):
+    """MetaImage input (read by ITK) gives a NIfTI output with the geometry ITK reads."""
+    import SimpleITK as sitk
+
+    src = work / "mha_in"
+    src.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(small_nifti)), str(src / "scan.mha"))
+    out = work / "mha_out"
+    proc = run_bundle(bundle_args("run inference", "inference.yaml", dataset_dir=src, output_dir=out,
+                                  ckpt_path=model_pt), work / "mha.log")
+    assert_ok(proc)
+    loaded = LoadImage(reader="ITKReader", image_only=True)(str(src / "scan.mha"))
+    result = nib.load(str(out / "scan_denoised.nii.gz"))
+    assert result.shape == tuple(loaded.shape)
+    assert np.allclose(result.affine, np.asarray(loaded.affine), atol=1e-3), (result.affine, loaded.affine)
+
+
+def test_3d_diffnet_trains_and_denoises_with_a_sliding_window(ixi, work, small_nifti):
+    """The 3D method file: training on 3D patches, inference with MONAI's SlidingWindowInferer (a small network
+    and patch size keep it fast on a CPU)."""
+    out = work / "train_3d"
+    small_net = {"network_def#num_layers": 2, "network_def#estimator_channels": 8,
+                 "roi_size": "[32,32,32]", "volume_inferer#roi_size": "[48,48,48]"}
+    proc = run_bundle(bundle_args("run training", "train.yaml", "methods/diffnet_3d.yaml", dataset_dir=ixi,
+                                  output_dir=out, **small_net) + SMALL_TRAINING, work / "train_3d.log")
+    assert_ok(proc)
+    assert "val_psnr_head" in proc.stdout
+    DiffNet(3, num_layers=2, estimator_channels=8, guidance=True).load_state_dict(
+        torch.load(out / "model.pt", weights_only=True))
+    denoised = work / "infer_3d"
+    proc = run_bundle(bundle_args("run inference", "inference.yaml", "methods/diffnet_3d.yaml",
+                                  dataset_dir=small_nifti.parent, output_dir=denoised, ckpt_path=out / "model.pt",
+                                  **small_net), work / "infer_3d.log")
+    assert_ok(proc)
+    original, result = nib.load(str(small_nifti)), nib.load(str(denoised / "small_denoised.nii.gz"))
+    assert result.shape == original.shape and np.allclose(result.affine, original.affine, atol=1e-4)
+    assert np.isfinite(result.get_fdata()).all()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 6. inference on a DICOM series
 
 
 def test_inference_on_dicom_series_folder(model_pt, work, ixi_test_volume):
-    from monai.transforms import LoadImage
 
     data = np.asarray(nib.load(str(ixi_test_volume)).dataobj)[20:100, 20:100, 35:47].astype(np.int16)
-    series = write_dicom_series(work / "dicom" / "t1_series", data)
+    series = write_dicom_series(work / "dicom" / "t1_series", data, spacing=(2.0, 2.0, 2.5),
+                                origin=(-80.0, -90.0, 10.0), tags={"0010|0010": PATIENT_NAME, "0010|0020": PATIENT_ID})
     out = work / "dicom_out"
     proc = run_bundle(bundle_args("run inference", "inference.yaml", dataset_dir=series, output_dir=out,
                                   ckpt_path=model_pt), work / "dicom.log")

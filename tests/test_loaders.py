@@ -19,6 +19,7 @@ from pipeline.data import (
 )
 
 from conftest import IXI_MANIFEST, SHARED_DATA  # noqa: E402
+from dicom_series import sitk_image, write_dicom_series  # noqa: E402
 
 
 def head_volume(shape=(24, 20, 12)) -> np.ndarray:
@@ -34,42 +35,6 @@ def head_volume(shape=(24, 20, 12)) -> np.ndarray:
 def write_nifti(path: Path, data: np.ndarray) -> Path:
     nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
     return path
-
-
-def sitk_image(data: np.ndarray, spacing=(2.0, 2.0, 3.0)) -> sitk.Image:
-    """(x, y, z) array -> SimpleITK image of size (x, y, z), identity (LPS) direction."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
-    image.SetSpacing(spacing)
-    image.SetOrigin((10.0, 20.0, 30.0))
-    return image
-
-
-def write_dicom_series(folder: Path, data: np.ndarray) -> Path:
-    """One 2D DICOM file per axial slice, with the tags a series needs. Files are named in reverse slice order, so
-    a reader that sorted by file name instead of Image Position (Patient) would flip the volume."""
-    folder.mkdir(parents=True)
-    image = sitk_image(data)
-    study, series = "1.2.826.0.1.3680043.2.1125.1.1", "1.2.826.0.1.3680043.2.1125.1.2"
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    n = image.GetDepth()
-    for k in range(n):
-        slice_k = image[:, :, k]
-        tags = {
-            "0008|0060": "MR",
-            "0020|000d": study,  # Study Instance UID
-            "0020|000e": series,  # Series Instance UID
-            "0008|0018": f"{series}.{k + 1}",  # SOP Instance UID
-            "0020|0032": "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0037": "1\\0\\0\\0\\1\\0",  # Image Orientation (Patient)
-            "0018|0050": str(image.GetSpacing()[2]),  # Slice Thickness
-            "0020|0013": str(k + 1),  # Instance Number
-        }
-        for tag, value in tags.items():
-            slice_k.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{n - k:04d}.dcm"))
-        writer.Execute(slice_k)
-    return folder
 
 
 def restored(item) -> np.ndarray:
