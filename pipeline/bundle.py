@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from datetime import datetime
 from pathlib import Path
 
 from torch import nn
 
-from pipeline.data.manifest import find_volumes
+from pipeline.data.manifest import find_volumes, volume_stem
+from pipeline.handlers.resume import epoch_checkpoints
 
 RUN_NAME_FILE = "mlflow_run_name.txt"
 
@@ -64,12 +64,8 @@ def run_name(method: str, workflow: str, output_dir: str | os.PathLike, resume: 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest ``*checkpoint_epoch=N.pt`` written by the training's ``CheckpointSaver``, or None."""
-    found = []
-    for path in Path(output_dir).glob("*checkpoint_epoch=*.pt"):
-        match = re.search(r"epoch=(\d+)\.pt$", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return str(max(found)[1]) if found else None
+    found = epoch_checkpoints(output_dir)
+    return str(found[-1][1]) if found else None
 
 
 def resume_checkpoint(output_dir: str | os.PathLike, resume: bool) -> str | None:
@@ -111,11 +107,3 @@ def inference_datalist(dataset_dir: str | os.PathLike, output_dir: str | os.Path
                 raise ValueError(f"output {planned} would overwrite an input file; choose another output_dir")
     return items
 
-
-def volume_stem(path: str | os.PathLike) -> str:
-    """The file name without its image extension (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``); a folder's name."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii", ".mha", ".mhd"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name

@@ -57,8 +57,13 @@ def subject_id(path: str | os.PathLike, pattern: str = DEFAULT_SUBJECT_PATTERN) 
         match = regex.search(part)
         if match:
             return match.group(1) if regex.groups else match.group(0)
-    name = path.name
-    for ext in _STRIP_EXTENSIONS:
+    return volume_stem(path, _STRIP_EXTENSIONS)
+
+
+def volume_stem(path: str | os.PathLike, extensions=_VOLUME_EXTENSIONS) -> str:
+    """The file name without its volume extension (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``); a folder's name."""
+    name = Path(path).name
+    for ext in extensions:
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name

@@ -18,6 +18,12 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 EPOCH_FILE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
+def epoch_checkpoints(folder) -> list[tuple[int, Path]]:
+    """The ``*checkpoint_epoch=N.pt`` files of ``folder`` as ``(N, path)``, oldest epoch first."""
+    return sorted((int(m.group(1)), p) for p in Path(folder).glob("*checkpoint_epoch=*.pt")
+                  if (m := EPOCH_FILE.search(p.name)))
+
+
 class ResumeCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` that also restores the engine's state (epoch, iteration) from ``"trainer"``.
 
@@ -46,7 +52,6 @@ class ResumeCheckpointSaver(CheckpointSaver):
     def attach(self, engine: Engine) -> None:
         self.save_dict["trainer"] = engine  # the ignite Checkpoint objects hold this same dict
         if self._interval_checkpoint is not None:
-            found = sorted((int(m.group(1)), p.name) for p in Path(self.save_dir).glob("*checkpoint_epoch=*.pt")
-                           if (m := EPOCH_FILE.search(p.name)))
-            self._interval_checkpoint._saved = [Checkpoint.Item(epoch, name) for epoch, name in found]
+            self._interval_checkpoint._saved = [Checkpoint.Item(epoch, path.name)
+                                                for epoch, path in epoch_checkpoints(self.save_dir)]
         super().attach(engine)
