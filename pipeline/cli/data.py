@@ -4,6 +4,10 @@
 [--pattern REGEX]`` finds the volumes under DATA_ROOT, splits them by subject and writes a Decathlon-format manifest
 whose ``data_root`` is relative to the manifest's folder, so a committed manifest keeps working from any clone that
 has the data at the same place relative to the repository.
+
+``python -m pipeline data validate MANIFEST [--data-root DIR] [--allow-outside-root]`` prints every problem of a
+manifest (errors, then warnings), a table of its volumes per shape and spacing, and "N errors, M warnings"; the exit
+status is 1 when there are errors.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from pathlib import Path
 
 from pipeline.data.manifest import DEFAULT_SUBJECT_PATTERN, SPLITS, build_manifest, write_manifest
+from pipeline.data.validate import validate_manifest
 
 
 def add_parser(subparsers) -> None:
@@ -45,6 +50,22 @@ def add_parser(subparsers) -> None:
     )
     manifest.set_defaults(func=run_manifest)
 
+    validate = commands.add_parser(
+        "validate",
+        help="check a manifest: missing/escaping/duplicate paths, subjects in two splits, unreadable volumes",
+        description="Report every problem of a manifest at once (reading volume headers only) and a table of its "
+        "volumes per shape and spacing. Exit status 1 when there are errors; warnings alone give 0.",
+    )
+    validate.add_argument("manifest", metavar="MANIFEST", help="manifest JSON, e.g. data_manifests/ixi_t1.json")
+    validate.add_argument(
+        "--data-root", help="folder the manifest's paths are relative to (default: $PIPELINE_DATA_ROOT, else the "
+        "manifest's data_root)"
+    )
+    validate.add_argument(
+        "--allow-outside-root", action="store_true", help="accept paths that lead outside the data root"
+    )
+    validate.set_defaults(func=run_validate)
+
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
@@ -65,3 +86,10 @@ def run_manifest(args: argparse.Namespace) -> int:
         print(f"{split:<10} {len(subjects):4d} subjects {len(entries):4d} files")
     print(f"wrote {out} (data_root: {manifest['data_root']})")
     return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Print the validation report of a manifest; 1 when it has errors, else 0."""
+    report = validate_manifest(args.manifest, data_root=args.data_root, allow_outside_root=args.allow_outside_root)
+    print(report.format())
+    return 1 if report.errors else 0

@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,14 @@ from monai.data import load_decathlon_datalist
 __all__ = [
     "DEFAULT_SUBJECT_PATTERN",
     "SPLITS",
+    "Problem",
     "build_manifest",
     "find_volumes",
     "load_manifest",
+    "manifest_data_root",
+    "manifest_entries",
+    "manifest_problems",
+    "read_manifest",
     "subject_id",
     "write_manifest",
 ]
@@ -221,34 +227,165 @@ def write_manifest(manifest: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One finding about a manifest.
+
+    ``level`` is ``"error"`` or ``"warning"``; ``where`` names the entry (``training[3] label='x.nii.gz'``), subject
+    or ``volumes``; ``kind`` is one of ``bad_entry``, ``missing``, ``outside_root``, ``duplicate``,
+    ``subject_overlap``, ``unreadable``, ``inconsistent``.
+    """
+
+    level: str
+    kind: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.where}: {self.message}"
+
+
+# The keys whose values MONAI's load_decathlon_datalist joins to the data root.
+_PATH_KEYS = ("image", "label")
+
+
+def read_manifest(manifest_path: str | os.PathLike) -> dict:
+    """The manifest's JSON. Raises FileNotFoundError (missing) or ValueError (not a JSON object), naming the file."""
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest_path}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"manifest {manifest_path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"manifest {manifest_path} is not a JSON object")
+    return manifest
+
+
+def manifest_data_root(
+    manifest_path: str | os.PathLike, manifest: dict, data_root: str | os.PathLike | None = None
+) -> tuple[Path, str]:
+    """``(root, source)``: the ``data_root`` argument, else ``$PIPELINE_DATA_ROOT``, else the manifest's
+    ``data_root`` field relative to the manifest's folder; ``source`` says which."""
+    if data_root is not None:
+        return Path(data_root), "data_root argument"
+    if os.environ.get(DATA_ROOT_ENV):
+        return Path(os.environ[DATA_ROOT_ENV]), f"${DATA_ROOT_ENV}"
+    return Path(manifest_path).parent / manifest.get("data_root", "."), "manifest data_root"
+
+
+def _inside(root: str, path: str) -> bool:
+    return os.path.commonpath([root, path]) == root
+
+
+def manifest_entries(manifest: dict, root: str | os.PathLike):
+    """Yield ``(split, where, key, full_path)`` for every path value of every entry, joined to ``root`` as MONAI
+    does; entries without a ``label`` path yield ``key=None``."""
+    for split in SPLITS:
+        entries = manifest.get(split) or []
+        for i, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("label"), str):
+                yield split, f"{split}[{i}]", None, None
+                continue
+            for key in _PATH_KEYS:
+                if isinstance(entry.get(key), str):
+                    full = os.path.normpath(os.path.join(root, entry[key]))
+                    yield split, f"{split}[{i}] {key}={entry[key]!r}", key, full
+
+
+def manifest_problems(
+    manifest: dict, root: str | os.PathLike, splits=SPLITS, allow_outside_root: bool = False
+) -> list[Problem]:
+    """Problems found without opening any volume, all of them, as errors.
+
+    For the entries of ``splits``: a path that does not exist, or (unless ``allow_outside_root``) one that leaves
+    ``root`` (absolute, through ``..``, or through a symlink). Over the whole manifest: an entry without a
+    ``label`` path, a file listed twice (also through another spelling or a symlink), and a ``subject`` listed in
+    more than one split.
+    """
+    problems = []
+    root_abs, root_real = os.path.abspath(root), os.path.realpath(root)
+    first_seen: dict[str, str] = {}
+    for split, where, key, full in manifest_entries(manifest, root):
+        if key is None:
+            problems.append(Problem("error", "bad_entry", where, "entry is not an object with a 'label' path"))
+            continue
+        real = os.path.realpath(full)
+        if real in first_seen:
+            problems.append(Problem("error", "duplicate", where, f"same file as {first_seen[real]} ({real})"))
+        first_seen.setdefault(real, where)
+        if split not in splits:
+            continue
+        if not allow_outside_root:
+            if not _inside(root_abs, os.path.abspath(full)):
+                problems.append(Problem("error", "outside_root", where, f"{full} is outside the data root {root_abs}"))
+            elif not _inside(root_real, real):
+                problems.append(
+                    Problem("error", "outside_root", where, f"symlink resolves to {real}, outside the data root")
+                )
+        if not os.path.exists(full):
+            problems.append(Problem("error", "missing", where, f"not found: {full}"))
+
+    subject_splits: dict[str, dict[str, str]] = {}
+    for split in SPLITS:
+        entries = manifest.get(split)
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(entry, dict) and "subject" in entry:
+                subject_splits.setdefault(str(entry["subject"]), {}).setdefault(split, f"{split}[{i}]")
+    for subject, found in subject_splits.items():
+        if len(found) > 1:
+            problems.append(
+                Problem("error", "subject_overlap", f"subject {subject!r}", f"in {len(found)} splits: "
+                        + ", ".join(found.values()))
+            )
+    return problems
+
+
 def load_manifest(
-    manifest_path: str | os.PathLike, split: str, data_root: str | os.PathLike | None = None
+    manifest_path: str | os.PathLike,
+    split: str,
+    data_root: str | os.PathLike | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> list[dict]:
     """Entries of one split with absolute ``label`` paths, ready for ``LoadImaged``.
 
     The data root is, in order: the ``data_root`` argument, the environment variable ``PIPELINE_DATA_ROOT``, or
     the manifest's ``data_root`` field taken relative to the manifest's folder.
 
+    The manifest is refused when :func:`manifest_problems` finds anything: a missing volume or one outside the
+    data root (in this split; ``allow_outside_root=True`` accepts the latter), a file listed twice or a subject in
+    two splits (anywhere). Only paths are checked, no volume is opened; ``python -m pipeline data validate`` also
+    reads the headers.
+
     Raises:
-        FileNotFoundError: the manifest is missing, or any listed volume is missing (all of them are named).
-        ValueError: ``split`` is not one of training/validation/test or is absent from the manifest.
+        FileNotFoundError: the manifest is missing, or the only problems are missing volumes (all are named).
+        ValueError: ``split`` is not one of training/validation/test or is absent from the manifest, or any other
+            problem (all are named, with the manifest file and the entry).
     """
     manifest_path = Path(manifest_path)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest_path}")
-    with open(manifest_path) as f:
-        manifest = json.load(f)
+    manifest = read_manifest(manifest_path)
     if split not in manifest:
         raise ValueError(f"manifest {manifest_path} has no {split!r} split")
+    root, source = manifest_data_root(manifest_path, manifest, data_root)
 
-    if data_root is not None:
-        root, source = Path(data_root), "data_root argument"
-    elif os.environ.get(DATA_ROOT_ENV):
-        root, source = Path(os.environ[DATA_ROOT_ENV]), f"${DATA_ROOT_ENV}"
-    else:
-        root, source = manifest_path.parent / manifest.get("data_root", "."), "manifest data_root"
+    problems = manifest_problems(manifest, root, splits=(split,), allow_outside_root=allow_outside_root)
+    if problems:
+        n_missing = sum(p.kind == "missing" for p in problems)
+        lines = [f"manifest {manifest_path} ({split}; data root {root} from {source}): {len(problems)} problem(s)"]
+        if n_missing:
+            lines[0] += (
+                f"; {n_missing} of {len(manifest[split])} volume(s) not found (set {DATA_ROOT_ENV} or pass "
+                "data_root to point elsewhere)"
+            )
+        if any(p.kind == "outside_root" for p in problems):
+            lines[0] += "; pass allow_outside_root=True to accept paths outside the data root"
+        lines += [f"  {p.where}: {p.message}" for p in problems]
+        error = FileNotFoundError if n_missing == len(problems) else ValueError
+        raise error("\n".join(lines))
 
     if not manifest[split]:
         return []
@@ -257,11 +394,4 @@ def load_manifest(
     # path; only the volume keys are paths here, so keep the rest as written.
     for entry, raw in zip(entries, manifest[split]):
         entry.update({k: v for k, v in raw.items() if k not in ("image", "label")})
-    missing = [e["label"] for e in entries if not os.path.exists(e["label"])]
-    if missing:
-        shown = "\n  ".join(str(m) for m in missing)
-        raise FileNotFoundError(
-            f"manifest {manifest_path} ({split}): {len(missing)} of {len(entries)} volume(s) not found under data "
-            f"root {root} (from {source}; set {DATA_ROOT_ENV} or pass data_root to point elsewhere):\n  {shown}"
-        )
     return entries
