@@ -10,7 +10,7 @@ SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared"
 IXI_MANIFEST = REPO / "data_manifests" / "ixi_t1.json"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ixi_dir() -> Path:
     """The shared IXI T1 folder; tests that need real scans skip, saying where they looked, only if it is absent."""
     path = SHARED_DATA / "ixi_t1"

@@ -1,0 +1,45 @@
+"""``python -m pipeline compare --config configs/<name>.yaml``: the method comparison (see ``pipeline.compare``)."""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="compare DiffNet, U-Net, Perona-Malik, non-local means and the noisy input on test subjects",
+        description="Train the learned methods on one budget, tune the classical ones on validation subjects, "
+                    "evaluate all on the same seeded noisy test slices; write CSV/Markdown tables, figures and "
+                    "MLflow runs (one parent run, a child run per method, noise and level).",
+    )
+    p.add_argument("--config", default="configs/compare_quick.yaml",
+                   help="comparison config, plain YAML (default: %(default)s)")
+    p.add_argument("--out", dest="output_dir", default=None, help="output folder (default: the config's)")
+    p.add_argument("--data-root", default=None, help="folder the manifest's paths are relative to")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's, auto)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pipeline.compare import load_config, run_comparison  # heavy imports only when the command runs
+    from pipeline.compare.methods import LABELS
+
+    config = load_config(args.config, output_dir=args.output_dir, data_root=args.data_root,
+                         tracking_uri=args.tracking_uri, device=args.device)
+    result = run_comparison(config)
+    summary = result["summary"]
+    for noise, block in summary.groupby("noise", sort=False):
+        table = block.pivot(index="method", columns="level", values="psnr_head_mean")
+        table = table.reindex(list(dict.fromkeys(block["method"])))
+        table.index = [LABELS[m] for m in table.index]
+        table.columns = [f"{level:.0%}" for level in table.columns]
+        print(f"\nPSNR inside the head (dB), mean over {int(block['subjects'].max())} test subjects, {noise} noise:")
+        print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    files = result["files"]
+    print(f"\nfinished in {result['minutes']:.1f} min")
+    print(f"report:  {files['report'].resolve()}")
+    print(f"figures: {files['figure'].resolve()}" + (f"\n         {files['panel'].resolve()}" if "panel" in files
+                                                       else ""))
+    uri = result["tracking_uri"]
+    print(f"MLflow:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+    return 0

@@ -1,0 +1,123 @@
+"""The comparison's configuration: a YAML file under ``configs/`` read into a checked :class:`CompareConfig`.
+
+Plain YAML, no code: unlike MONAI bundle configs nothing in it is evaluated, so a comparison config from anywhere is
+safe to run. Relative paths are relative to the current directory (run from the repository root). Unknown keys are
+refused, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.transforms.noise import NOISE_MODELS
+
+METHODS = ("noisy", "perona_malik", "nl_means", "diffnet_paper", "diffnet_guided", "diffnet_diffusion", "unet")
+LEARNED = ("diffnet_paper", "diffnet_guided", "diffnet_diffusion", "unet")
+
+
+@dataclass
+class Evaluation:
+    noises: list[str] = field(default_factory=lambda: list(NOISE_MODELS))
+    levels: list[float] = field(default_factory=lambda: [0.03, 0.05, 0.07, 0.09, 0.15])
+    num_subjects: int | None = None  # None: every test subject of the manifest
+    slice_every: int = 6  # every n-th axial slice ...
+    min_head: float = 0.25  # ... whose head mask covers at least this fraction of the slice
+    panel_noise: str = "rician"
+    panel_level: float = 0.05
+
+
+@dataclass
+class Training:
+    num_volumes: int | None = None  # None: every training subject
+    steps: int = 600
+    batch_size: int = 16
+    patch_size: int = 64
+    lr: float = 1e-3
+    noises: list[str] = field(default_factory=lambda: list(NOISE_MODELS))
+    level_range: list[float] = field(default_factory=lambda: [0.02, 0.16])
+
+
+@dataclass
+class Tuning:
+    """Classical methods are tuned per noise model and level on validation subjects."""
+
+    num_volumes: int = 4
+    perona_malik_file: str | None = None  # parameters tuned beforehand (bundle's models/perona_malik.json); None: tune
+    nl_means_h: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0, 1.2])  # h / sigma candidates
+
+
+@dataclass
+class CompareConfig:
+    name: str
+    manifest: str = "data_manifests/ixi_t1.json"
+    data_root: str | None = None
+    output_dir: str | None = None  # None: outputs/<name>
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db
+    experiment: str = "diffnet_mri_compare"
+    seed: int = 0
+    device: str = "auto"
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    unet_preset: str = "small"
+    checkpoints: dict[str, str] = field(default_factory=dict)  # learned method -> weights to load instead of training
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    training: Training = field(default_factory=Training)
+    tuning: Tuning = field(default_factory=Tuning)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be a non-empty list from {METHODS}, got unknown {unknown}")
+        for noise in self.evaluation.noises + self.training.noises:
+            if noise not in NOISE_MODELS:
+                raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
+        if not self.evaluation.levels or not all(0 < lv < 1 for lv in self.evaluation.levels):
+            raise ValueError(f"evaluation levels must be fractions in (0, 1), got {self.evaluation.levels}")
+        if self.unet_preset not in ("small", "paper"):
+            raise ValueError(f"unet_preset must be 'small' or 'paper', got {self.unet_preset!r}")
+        bad = sorted(set(self.checkpoints) - set(LEARNED))
+        if bad:
+            raise ValueError(f"checkpoints are for learned methods {LEARNED} only, got {bad}")
+        if self.output_dir is None:
+            self.output_dir = f"outputs/{self.name}"
+
+    @property
+    def learned(self) -> list[str]:
+        return [m for m in self.methods if m in LEARNED]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    nested = {"evaluation": Evaluation, "training": Training, "tuning": Tuning}
+    kwargs = {k: _build(nested[k], v, f"{where}.{k}") if k in nested else v for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path, **overrides) -> CompareConfig:
+    """Read and check a comparison config; ``overrides`` (top-level keys, ``None`` ignored) replace its values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"comparison config {path} not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top level")
+    values.setdefault("name", path.stem)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return _build(CompareConfig, values, str(path))
+    except TypeError as err:
+        raise ValueError(f"{path}: {err}") from None

@@ -1,0 +1,137 @@
+"""``python -m pipeline compare`` end to end on tiny settings: the real command in a subprocess on real IXI
+volumes, then its tables, figures and MLflow runs read back from the SQLite store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from matplotlib.image import imread
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from pipeline.compare import load_config, run_comparison
+
+METHODS = ["noisy", "perona_malik", "nl_means", "diffnet_paper", "diffnet_guided", "unet"]
+LEVELS = [0.05, 0.15]
+NOISES = ["rician", "gaussian"]
+SUBJECTS = 2
+
+
+def tiny_config(tmp_path, ixi_dir, **changes) -> dict:
+    config = {
+        "name": "tiny",
+        "manifest": str(REPO / "data_manifests" / "ixi_t1.json"),
+        "data_root": str(ixi_dir),
+        "output_dir": str(tmp_path / "out"),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "methods": METHODS,
+        "evaluation": {"noises": NOISES, "levels": LEVELS, "num_subjects": SUBJECTS, "slice_every": 20},
+        "training": {"num_volumes": 2, "steps": 3, "batch_size": 4, "patch_size": 32},
+        "tuning": {"num_volumes": 1, "nl_means_h": [0.8, 1.0]},  # Perona-Malik tuned here (no file)
+    }
+    config.update(changes)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, ixi_dir):
+    tmp_path = tmp_path_factory.mktemp("compare")
+    config = tiny_config(tmp_path, ixi_dir)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "compare", "--config", str(config)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return tmp_path, proc
+
+
+def test_compare_tables(compared):
+    tmp_path, proc = compared
+    out = tmp_path / "out"
+    per_subject = pd.read_csv(out / "per_subject.csv")
+    assert len(per_subject) == len(METHODS) * len(NOISES) * len(LEVELS) * SUBJECTS
+    assert per_subject.groupby(["method", "noise", "level"]).size().eq(SUBJECTS).all()
+    summary = pd.read_csv(out / "summary.csv").set_index(["method", "noise", "level"])
+    for column in ("psnr_head_mean", "psnr_head_std", "ssim_head_mean", "psnr_image_mean", "ssim_image_std",
+                   "seconds_per_volume", "parameters"):
+        assert summary[column].notna().all(), column
+    noisy = summary.loc["noisy"]
+    # the same seeded noise for every method: more noise, lower PSNR; tuned Perona-Malik beats the noisy input
+    assert (noisy.loc[("rician", 0.05), "psnr_head_mean"] > noisy.loc[("rician", 0.15), "psnr_head_mean"] + 6)
+    assert (summary.loc[("perona_malik", "rician", 0.15), "psnr_head_mean"]
+            > noisy.loc[("rician", 0.15), "psnr_head_mean"])
+    assert summary.loc[("diffnet_paper", "rician", 0.05), "parameters"] == 101310
+    assert summary.loc[("noisy", "rician", 0.05), "parameters"] == 0
+    report = (out / "report.md").read_text()
+    assert "DiffNet + guidance" in report and "± " in report and "hardware:" in report and "3 Adam steps" in report
+    # the printed table ends with the paths of the report and the figures
+    assert "PSNR inside the head" in proc.stdout and str(out / "metrics_vs_level.png") in proc.stdout
+    for name in ("diffnet_paper", "diffnet_guided", "unet"):
+        assert (out / "models" / f"{name}.pt").stat().st_size > 0
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_compare_figures(compared):
+    out = compared[0] / "out"
+    for name in ("metrics_vs_level.png", "panel.png"):
+        image = imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 300 and image.std() > 0.01, name
+
+
+def test_compare_mlflow_runs(compared):
+    tmp_path, _ = compared
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("diffnet_mri_compare")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    results = [r for r in children if not r.info.run_name.startswith("train ")]
+    trainings = [r for r in children if r.info.run_name.startswith("train ")]
+    assert len(results) == len(METHODS) * len(NOISES) * len(LEVELS)
+    assert {r.info.run_name.split(" ")[1] for r in trainings} == {"diffnet_paper", "diffnet_guided", "unet"}
+    run = next(r for r in results if r.data.params["method"] == "perona_malik" and r.data.params["noise"] == "rician"
+               and float(r.data.params["level"]) == 0.05)
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    row = summary[(summary.method == "perona_malik") & (summary.noise == "rician") & (summary.level == 0.05)]
+    assert run.data.metrics["psnr_head_mean"] == pytest.approx(row["psnr_head_mean"].item())
+    assert "kappa" in run.data.params
+    assert any(a.path == "panel.png" for a in client.list_artifacts(run.info.run_id))
+    assert {"report.md", "summary.csv", "metrics_vs_level.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
+    history = client.get_metric_history(trainings[0].info.run_id, "train_loss")
+    assert history and history[-1].step == 3
+
+
+def test_unreachable_mlflow_server_warns_and_keeps_results(tmp_path, ixi_dir):
+    config = load_config(tiny_config(tmp_path, ixi_dir, methods=["noisy", "perona_malik"],
+                                     tracking_uri="http://127.0.0.1:9",
+                                     evaluation={"noises": ["rician"], "levels": [0.05], "num_subjects": 1,
+                                                 "slice_every": 30}))
+    with pytest.warns(UserWarning, match="MLflow tracking at http://127.0.0.1:9 failed"):
+        result = run_comparison(config)
+    assert len(pd.read_csv(result["files"]["per_subject"])) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["noisy", "bm5d"]}, "unknown \\['bm5d'\\]"),
+    ({"evaluation": {"levelz": [0.05]}}, "unknown keys \\['levelz'\\]"),
+    ({"evaluation": {"levels": [5]}}, "fractions in \\(0, 1\\)"),
+    ({"checkpoints": {"perona_malik": "x.pt"}}, "learned methods"),
+])
+def test_bad_config_is_refused(tmp_path, ixi_dir, change, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(tiny_config(tmp_path, ixi_dir, **change))
+
+
+def test_unwritable_output_is_refused_before_work(tmp_path, ixi_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = load_config(tiny_config(tmp_path, ixi_dir, output_dir=str(blocker / "out")))
+    with pytest.raises(ValueError, match="not writable"):
+        run_comparison(config)
