@@ -82,12 +82,15 @@ def count_parameters(network: nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def inference_datalist(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> list[dict]:
+def inference_datalist(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None,
+                       spatial_dims: int | None = None, max_memory_gb: float | None = None) -> list[dict]:
     """``[{"image": path}, ...]`` for a single volume file, a DICOM series folder, or a folder of volumes
     (NIfTI, MHA/MHD, DICOM series sub-folders).
 
     With ``output_dir``, refuses (before any work) when an output ``<name>_denoised.nii.gz`` would overwrite one of
-    the inputs.
+    the inputs. With ``spatial_dims`` (the model's), also refuses when any input fails
+    :func:`pipeline.data.check_volume_file` (header-level checks and the ``max_memory_gb`` budget), listing every
+    bad input as ``<path>: <problem>``.
     """
     root = Path(dataset_dir)
     if root.is_file():
@@ -105,5 +108,68 @@ def inference_datalist(dataset_dir: str | os.PathLike, output_dir: str | os.Path
             planned = (Path(output_dir) / (volume_stem(item["image"]) + "_denoised.nii.gz")).resolve()
             if planned in inputs:
                 raise ValueError(f"output {planned} would overwrite an input file; choose another output_dir")
+    if spatial_dims is not None:
+        from pipeline.data.checks import VolumeError, check_volume_file
+
+        problems = []
+        for item in items:
+            try:
+                check_volume_file(item["image"], int(spatial_dims), max_memory_gb)
+            except VolumeError as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError("\n".join(problems) + f"\n({len(problems)} of {len(items)} input(s) cannot be denoised: "
+                             "fix or remove them, or run `python -m pipeline denoise`, which skips them)")
     return items
 
+
+def training_space_mb(network: nn.Module, kept_checkpoints: int = 1, margin_mb: float = 50.0) -> float:
+    """Free disk space (MB) a training needs in ``output_dir``: ``kept_checkpoints`` epoch checkpoints (float32
+    weights plus Adam's two moments each), one more being written before the oldest is removed, ``model.pt``, and
+    ``margin_mb`` for logs, CSV files and the executed config."""
+    weights_mb = count_parameters(network) * 4 / 2**20
+    return margin_mb + weights_mb * (3 * (kept_checkpoints + 1) + 1)
+
+
+def check_output_dir(output_dir: str | os.PathLike, min_free_mb: float = 0.0) -> str:
+    """Creates ``output_dir`` if needed and checks, before any long work, that a file can be written in it and that
+    its disk has at least ``min_free_mb`` MB free. Returns the folder; raises ``OSError`` with a clear message."""
+    import shutil
+    import tempfile
+
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise OSError(f"output_dir {path} is not writable ({err.strerror or err}): choose another --output_dir "
+                      f"or fix its permissions") from None
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < float(min_free_mb):
+        raise OSError(f"not enough free disk space for output_dir {path}: {free_mb:.0f} MB free, "
+                      f"{float(min_free_mb):.0f} MB needed (min_free_mb); free some space or choose another "
+                      f"--output_dir")
+    return str(path)
+
+
+def read_bundle_config(config_file, **overrides):
+    """A MONAI ``ConfigParser`` of bundle config file(s), after printing (to stderr) which file it evaluates.
+
+    Bundle configs run code (``$`` expressions, ``_target_``). The project's commands read a bundle config only
+    through this function, so that evaluating one, e.g. from a user-given ``--bundle`` folder, is never silent.
+    ``overrides`` are set on the parser (``{"output_dir": ...}``).
+    """
+    import sys
+
+    from monai.bundle import ConfigParser
+
+    files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
+    names = ", ".join(str(Path(f).resolve()) for f in files)
+    print(f"evaluating bundle config {names} (bundle configs run code: use only bundles you trust)",
+          file=sys.stderr, flush=True)
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser

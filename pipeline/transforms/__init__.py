@@ -1,5 +1,5 @@
-"""MONAI transforms: MRI noise models, intensity normalisation to a reference intensity, head masks and the
-Perona-Malik forward degradation. Dictionary transforms turn ``{"label": clean}`` into
+"""MONAI transforms: MRI noise models, intensity normalisation to a reference intensity, head masks, the
+Perona-Malik forward degradation and atomic saving. Dictionary transforms turn ``{"label": clean}`` into
 ``{"image": noisy, "label": clean}``."""
 
 from pipeline.transforms.degradation import PeronaMalikDegrade, PeronaMalikDegraded
@@ -11,9 +11,12 @@ from pipeline.transforms.intensity import (
     ScaleToReferenced,
     reference_intensity,
 )
+from pipeline.transforms.io import AtomicSaveImage, AtomicSaveImaged
 from pipeline.transforms.noise import MRINoise, MRINoised, RandMRINoised
 
 __all__ = [
+    "AtomicSaveImage",
+    "AtomicSaveImaged",
     "HeadMask",
     "HeadMaskd",
     "MRINoise",
