@@ -8,7 +8,6 @@ each evaluation epoch it draws the last evaluated volume.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
@@ -16,8 +15,7 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 from pipeline.figures import denoising_panel
-
-logger = logging.getLogger(__name__)
+from pipeline.handlers.safe_mlflow import tracking_available, tracking_failed
 
 
 class MLflowRunSummary:
@@ -54,13 +52,15 @@ class MLflowRunSummary:
         return client, (runs[0] if runs else None)
 
     def __call__(self, engine: Engine) -> None:
-        if idist.get_rank() > 0:  # one process writes, as MONAI's handler does
+        if idist.get_rank() > 0 or not tracking_available(self.tracking_uri):  # one process writes, as MONAI's does
             return
         try:
-            client, run = self._find_run()
-        except Exception as err:  # a tracking problem must never stop a training
-            logger.warning(f"MLflow summary skipped: {err}")
-            return
+            self._log(engine)
+        except Exception as err:  # noqa: BLE001 - a tracking problem must never stop a training
+            tracking_failed(self.tracking_uri, err)
+
+    def _log(self, engine: Engine) -> None:
+        client, run = self._find_run()
         if run is None:
             return
         run_id = run.info.run_id

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint
-from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from pipeline.handlers.checkpoint import SafeCheckpointLoader, SafeCheckpointSaver
 
 EPOCH_FILE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -24,8 +25,9 @@ def epoch_checkpoints(folder) -> list[tuple[int, Path]]:
                   if (m := EPOCH_FILE.search(p.name)))
 
 
-class ResumeCheckpointLoader(CheckpointLoader):
-    """MONAI's ``CheckpointLoader`` that also restores the engine's state (epoch, iteration) from ``"trainer"``.
+class ResumeCheckpointLoader(SafeCheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (weights only, see :class:`SafeCheckpointLoader`) that also restores the engine's
+    state (epoch, iteration) from ``"trainer"``.
 
     A training resumed with more epochs than it was started with stretches a cosine schedule (``"lr_scheduler"``)
     to the new end, instead of continuing at the old schedule's final (zero) learning rate.
@@ -45,9 +47,10 @@ class ResumeCheckpointLoader(CheckpointLoader):
             self.logger.info(f"cosine learning-rate schedule stretched to {scheduler.T_max} epochs")
 
 
-class ResumeCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` that also saves the engine's state under ``"trainer"``, and counts the epoch
-    checkpoints already in ``save_dir`` (from before a resume) when it keeps only the newest ``n_saved``."""
+class ResumeCheckpointSaver(SafeCheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (atomic writes, see :class:`SafeCheckpointSaver`) that also saves the engine's
+    state under ``"trainer"``, and counts the epoch checkpoints already in ``save_dir`` (from before a resume) when it
+    keeps only the newest ``n_saved``."""
 
     def attach(self, engine: Engine) -> None:
         self.save_dict["trainer"] = engine  # the ignite Checkpoint objects hold this same dict
