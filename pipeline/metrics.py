@@ -9,7 +9,6 @@ use the same formulas restricted to the voxels of the mask (for SSIM: the local 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from monai.metrics import PSNRMetric, SSIMMetric
 from monai.metrics.regression import compute_ssim_and_cs
 

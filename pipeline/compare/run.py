@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +22,7 @@ from pipeline.compare.methods import LABELS, Learned, Method, NonLocalMeans, Tun
 from pipeline.compare.report import markdown_tables, metrics_figure, summarise, visual_panel, write_atomic
 from pipeline.compare.tracking import ComparisonTracker, default_tracking_uri
 from pipeline.data import load_manifest
+from pipeline.handlers.checkpoint import load_checkpoint
 from pipeline.training import SliceBank, noise_degradation, train_network
 
 
@@ -50,14 +50,14 @@ def check_output_dir(path: Path) -> None:
 
 
 def load_weights(network: torch.nn.Module, path: str) -> None:
-    """Load a state dict with ``weights_only=True`` (a checkpoint that would run code is refused)."""
+    """Load a state dict (or a checkpoint holding one under ``"model"``) with ``weights_only=True``."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
+    state = load_checkpoint(path, map_location="cpu")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    except Exception as err:  # noqa: BLE001 - unpickling and key errors alike: name the file
-        raise ValueError(f"checkpoint {path} could not be loaded as plain weights: {err}") from None
+    except (RuntimeError, AttributeError, TypeError) as err:
+        raise ValueError(f"checkpoint {path} does not hold weights of this network: {err}") from None
 
 
 def save_weights(network: torch.nn.Module, path: Path) -> None:

@@ -11,7 +11,6 @@ import os
 import warnings
 from pathlib import Path
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 
