@@ -44,7 +44,7 @@ def compared(tmp_path_factory, ixi_dir):
     tmp_path = tmp_path_factory.mktemp("compare")
     config = tiny_config(tmp_path, ixi_dir)
     proc = subprocess.run([sys.executable, "-m", "pipeline", "compare", "--config", str(config)], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return tmp_path, proc
 

@@ -240,7 +240,7 @@ def test_cli_manifest_subprocess(ixi_like, tmp_path, monkeypatch):
     out = tmp_path / "repo" / "data_manifests" / "x.json"
     cmd = [sys.executable, "-m", "pipeline", "data", "manifest", str(ixi_like), "--out", str(out)]
     result = subprocess.run(
-        [*cmd, "--seed", "1", "--fractions", "0.5", "0.25", "0.25"], cwd=REPO, capture_output=True, text=True
+        [*cmd, "--seed", "1", "--fractions", "0.5", "0.25", "0.25"], cwd=REPO, capture_output=True, text=True, encoding="utf-8"
     )
     assert result.returncode == 0, result.stderr
     assert "training" in result.stdout and "20 subjects" in result.stdout and str(out) in result.stdout
@@ -256,6 +256,7 @@ def test_cli_manifest_subprocess(ixi_like, tmp_path, monkeypatch):
         cwd=REPO,
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert missing.returncode != 0
     assert "absent_dir" in missing.stderr

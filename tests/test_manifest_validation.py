@@ -187,7 +187,7 @@ def test_committed_manifest_validates(ixi_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PIPELINE_DATA_ROOT": str(ixi_dir)}
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "data", "validate", str(IXI_MANIFEST.relative_to(REPO))],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=120,
+        cwd=REPO, capture_output=True, text=True, encoding="utf-8", env=env, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 errors" in result.stdout and "144" in result.stdout
