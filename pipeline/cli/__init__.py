@@ -9,16 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import data, demo
+from pipeline.cli import compare, data, denoise, experiment
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
-        description="DiffNet MRI denoising: prepare data manifests and run the end-to-end demo.",
+        description="DiffNet MRI denoising: compare denoisers, run the paper experiments, check data manifests, denoise scans.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (data, demo):
+    for module in (compare, data, denoise, experiment):
         module.add_parser(subparsers)
     return parser
 

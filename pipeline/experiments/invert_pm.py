@@ -1,0 +1,151 @@
+"""Paper experiment 1 (Arridge & Hauptmann, Sec. 5.1-5.2, Figs. 6-9, Table 1): invert Perona-Malik diffusion.
+
+The forward model is :func:`pipeline.training.perona_malik_degradation`: ``invert_pm.num_iter`` explicit Perona-Malik
+steps (rational diffusivity ``1 / (1 + (|grad u| / kappa)^2)``, dt = 1/4, zero-Neumann) with edge threshold
+``invert_pm.kappa`` on the normalised scale (reference intensity 1.0), then Gaussian noise of each
+``invert_pm.noise_sigmas`` (a fraction of the reference intensity; the paper's 1 % on [0, 1] images). For every noise
+level, DiffNet (paper preset) and the residual U-Net are trained on the same patches of the training subjects' slices
+(same steps, batch and seed) to recover the clean slice, and evaluated on the test subjects' slices degraded by the
+same operator with seeded noise. The degraded input itself is scored too.
+
+Outputs in ``output_dir``: ``summary.csv`` (one row per method and noise level, with the paper's STL-10 PSNR
+alongside), ``per_subject.csv``, ``report.md``, ``panel.png`` and ``models/<network>_sigma<level>.pt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from pipeline.compare.report import save_figure, write_atomic
+from pipeline.experiments.common import (Run, build_network, metric_cells, metrics_row, network_label, parameters,
+                                         subject_seed, summarise, training_budget)
+from pipeline.experiments.config import ExperimentConfig
+from pipeline.metrics import psnr
+from pipeline.training import perona_malik_degradation
+
+# Arridge & Hauptmann, Table 1 (STL-10 test images, PSNR in dB), keyed by noise sigma
+PAPER_PSNR = {0.0: {"diffnet_paper": 65.34, "unet": 61.08}, 0.01: {"diffnet_paper": 34.96, "unet": 35.27}}
+
+
+def sigma_text(sigma: float) -> str:
+    return "none" if sigma == 0 else f"{sigma:.0%}" if 100 * sigma == round(100 * sigma) else f"{sigma:.1%}"
+
+
+def budget_text(config: ExperimentConfig) -> str:
+    s = config.invert_pm
+    return (f"{training_budget(config)}; one network per noise level; forward model {s.num_iter} Perona-Malik steps, "
+            f"kappa {s.kappa:g}, dt 1/4, rational diffusivity, Gaussian noise sigma "
+            f"{', '.join(sigma_text(v) for v in s.noise_sigmas)}")
+
+
+def run_invert_pm(config: ExperimentConfig) -> dict:
+    """Run the experiment; returns ``{"summary", "table", "files", "tracking_uri", "minutes"}``."""
+    s = config.invert_pm
+    budget = budget_text(config)
+    run = Run.start(config, budget)
+    try:
+        bank = run.training_bank()
+        volumes = run.test_volumes()
+        tests = [(v["subject"], *run.clean_slices(v)) for v in volumes]
+        rows, shown, seconds, sizes = [], {}, {}, {}
+        for sigma in s.noise_sigmas:
+            degrade = perona_malik_degradation(s.num_iter, s.kappa, sigma)
+            degraded = [degrade(clean, np.random.RandomState(subject_seed(config.seed, subject, sigma)))[0]
+                        for subject, clean, _ in tests]
+            k = len(tests[0][1]) // 2  # the figure: middle evaluated slice of the first test subject
+            shown[sigma] = {"clean": tests[0][1][k, 0], "degraded": degraded[0][k, 0], "mask": tests[0][2][k, 0]}
+            for (subject, clean, mask), x in zip(tests, degraded):
+                rows.append(metrics_row(x, clean, mask, method="degraded", noise_sigma=sigma, subject=subject))
+            for name in s.networks:
+                network = build_network(name, config.unet_preset, config.seed)
+                sizes[name] = parameters(network)
+                key = f"{name} sigma={sigma:g}"
+                result = run.train(key, network, bank, degrade, {"network": name, "noise_sigma": sigma,
+                                                                  "kappa": s.kappa, "num_iter": s.num_iter})
+                seconds[name, sigma] = result["seconds"]
+                for (subject, clean, mask), x in zip(tests, degraded):
+                    out = run.run_network(network, x)
+                    rows.append(metrics_row(out, clean, mask, method=name, noise_sigma=sigma, subject=subject))
+                    if subject == tests[0][0]:
+                        shown[sigma][name] = out[k, 0]
+        per_subject = pd.DataFrame(rows)
+        summary = summarise(per_subject, ["method", "noise_sigma"])
+        summary["parameters"] = summary["method"].map(sizes).fillna(0).astype(int)
+        summary["train_seconds"] = [seconds.get((m, sg), np.nan) for m, sg in zip(summary["method"],
+                                                                                   summary["noise_sigma"])]
+        summary["paper_psnr_stl10"] = [PAPER_PSNR.get(sg, {}).get(m, np.nan) for m, sg in zip(summary["method"],
+                                                                                              summary["noise_sigma"])]
+        files = {"summary": run.out / "summary.csv", "per_subject": run.out / "per_subject.csv",
+                 "report": run.out / "report.md", "figure": run.out / "panel.png"}
+        write_atomic(files["per_subject"], per_subject.to_csv(index=False))
+        write_atomic(files["summary"], summary.to_csv(index=False))
+        panel(shown, s.networks, config.unet_preset, files["figure"],
+              f"Inverting {s.num_iter} Perona-Malik steps (kappa {s.kappa:g}): first test subject, middle evaluated "
+              f"slice; bottom rows: error (image - clean)")
+        table = markdown_table(summary, config.unet_preset)
+        slices = sum(len(clean) for _, clean, _ in tests)
+        header = run.header(
+            "Inverting Perona-Malik diffusion", budget,
+            [f"forward model: {s.num_iter} explicit Perona-Malik steps, rational diffusivity, kappa = {s.kappa:g} "
+             f"(normalised scale, reference intensity 1.0), dt = 1/4, then Gaussian noise; test noise seeded "
+             f"per subject",
+             f"training: {len(bank)} axial slices of the training subjects, the same patches and noise (seed "
+             f"{config.seed}) for every network",
+             f"U-Net: the `{config.unet_preset}` preset ({sizes.get('unet', 0):,} parameters) for a CPU budget; the "
+             f"paper's U-Net has 34.5 M parameters" if "unet" in s.networks else "U-Net not run",
+             "paper: STL-10 96x96 images, trained to convergence on a GPU; its PSNR is over whole images (compare "
+             "with PSNR image)"], len(tests), slices)
+        write_atomic(files["report"], header + "## Test results\n\n" + table + "\n")
+        for row in summary.itertuples():
+            run.tracker.result_run(row.method, "perona_malik+gaussian", row.noise_sigma,
+                                   {"label": network_label(row.method, config.unet_preset),
+                                    "parameters": int(row.parameters), "kappa": s.kappa, "num_iter": s.num_iter},
+                                   {k: v for k, v in row._asdict().items()
+                                    if k.endswith(("_mean", "_std", "_seconds", "_stl10")) and pd.notna(v)},
+                                   [files["figure"]])
+        run.tracker.finish({"minutes": run.minutes()}, list(files.values()))
+    except BaseException:
+        run.tracker.finish({}, [], status="FAILED")
+        raise
+    return {"summary": summary, "table": table, "files": files, "tracking_uri": run.tracking_uri,
+            "minutes": run.minutes()}
+
+
+def markdown_table(summary: pd.DataFrame, unet_preset: str) -> str:
+    table = metric_cells(summary)
+    table.insert(0, "noise sigma", [sigma_text(v) for v in summary["noise_sigma"]])
+    table.insert(0, "method", ["degraded input" if m == "degraded" else network_label(m, unet_preset)
+                               for m in summary["method"]])
+    table["paper PSNR, STL-10 (dB)"] = [f"{v:.2f}" if pd.notna(v) else "" for v in summary["paper_psnr_stl10"]]
+    table["train s"] = [f"{v:.0f}" if pd.notna(v) else "" for v in summary["train_seconds"]]
+    return table.to_markdown(index=False) + "\n"
+
+
+def panel(shown: dict, networks: list[str], unet_preset: str, path: Path, title: str) -> Path:
+    """Per noise level: clean, degraded and each network's output (PSNR of the slice in the title), then errors."""
+    columns = ["clean", "degraded", *networks]
+    fig, axes = plt.subplots(2 * len(shown), len(columns), figsize=(2.6 * len(columns) + 0.6, 4.6 * len(shown)),
+                             squeeze=False, layout="constrained")
+    for i, (sigma, images) in enumerate(shown.items()):
+        clean = images["clean"]
+        for j, name in enumerate(columns):
+            img = images[name]
+            label = "clean" if name == "clean" else "degraded" if name == "degraded" \
+                else network_label(name, unet_preset)
+            ax, err = axes[2 * i, j], axes[2 * i + 1, j]
+            ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1.2, origin="lower")
+            if name != "clean":
+                value = psnr(img[None, None], clean[None, None]).item()
+                label += f"\n{value:.1f} dB"
+            ax.set_title(f"{label}, noise {sigma_text(sigma)}" if name == "clean" else label, fontsize=8)
+            shown_err = err.imshow((img - clean).numpy(), cmap="RdBu_r", vmin=-0.1, vmax=0.1, origin="lower")
+            err.set_title("error" if name != "clean" else "error scale: +-0.1", fontsize=7)
+            for a in (ax, err):
+                a.axis("off")
+        fig.colorbar(shown_err, ax=axes[2 * i + 1, -1], fraction=0.05, pad=0.02)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)

@@ -1,0 +1,266 @@
+"""The paper experiments end to end on tiny settings (2 training volumes, 3 steps, 1 test subject, sparse slices):
+tables, figures, report and MLflow runs; and clear errors for bad configs."""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import pandas as pd
+import pytest
+import torch
+
+from conftest import IXI_MANIFEST, REPO, SHARED_DATA
+from pipeline.cli import main
+from pipeline.experiments import load_config
+from pipeline.networks import DiffNet
+
+EXPERIMENT = "paper_experiments_test"
+SECTIONS = {
+    "invert_pm": "invert_pm: {num_iter: 4, kappa: 0.1, noise_sigmas: [0.0, 0.01]}\n",
+    "data_efficiency": "data_efficiency: {sizes: [5, all], noise: rician, level: 0.05}\n",
+    "interpretation": "interpretation: {levels: [0.03, 0.09], figure_levels: [0.09]}\n",
+}
+
+
+def tiny_config(folder, kind, uri, data_root, **extra):
+    """A tiny config of ``kind`` in ``folder`` writing to ``folder/<kind>``; returns its path."""
+    text = (f"name: tiny_{kind}\nkind: {kind}\nmanifest: {IXI_MANIFEST}\ndata_root: {data_root}\n"
+            f"output_dir: {folder / kind}\ntracking_uri: {uri}\nexperiment: {EXPERIMENT}\ndevice: cpu\n"
+            "evaluation: {num_subjects: 1, slice_every: 30}\n"
+            "training: {num_volumes: 2, steps: 3, batch_size: 4, patch_size: 32}\n"
+            + SECTIONS[kind] + "".join(f"{k}: {v}\n" for k, v in extra.items()))
+    path = folder / f"tiny_{kind}.yaml"
+    path.write_text(text)
+    return path
+
+
+def run_main(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """All three experiments once: invert_pm through a real ``python -m pipeline`` subprocess, the others in-process,
+    then interpretation again on the weights the first interpretation run saved."""
+    data_root = SHARED_DATA / "ixi_t1"
+    if not data_root.is_dir():
+        pytest.skip(f"shared IXI data not found at {data_root} (set PIPELINE_SHARED_DATA)")
+    folder = tmp_path_factory.mktemp("experiments")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    printed = {}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "experiment", "--config",
+                           str(tiny_config(folder, "invert_pm", uri, data_root))],
+                          cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed["invert_pm"] = proc.stdout
+    for kind in ("data_efficiency", "interpretation"):
+        status, printed[kind], err = run_main(["experiment", "--config",
+                                               str(tiny_config(folder, kind, uri, data_root))])
+        assert status == 0, err[-3000:]
+    weights = folder / "interpretation" / "models" / "diffnet_paper.pt"
+    status, printed["loaded"], err = run_main(["experiment", "--config", str(tiny_config(folder, "interpretation", uri,
+                                                                                         data_root)),
+                                               "--checkpoint", str(weights), "--out", str(folder / "loaded")])
+    assert status == 0, err[-3000:]
+    return folder, uri, printed
+
+
+def assert_png(path):
+    assert path.is_file() and path.stat().st_size > 1000
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) > 100
+
+
+def assert_report(path, *expected):
+    text = path.read_text()
+    for line in ("- date: ", "- hardware: ", "- budget: ", "- test: 1 test subjects"):
+        assert line in text
+    for item in expected:
+        assert item in text, item
+    assert "|" in text  # a Markdown table
+
+
+def test_invert_pm_outputs(runs):
+    folder, _, printed = runs
+    out = folder / "invert_pm"
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 6  # (degraded input, DiffNet, U-Net) x (no noise, 1 %)
+    assert set(summary["method"]) == {"degraded", "diffnet_paper", "unet"}
+    assert sorted(set(summary["noise_sigma"])) == [0.0, 0.01]
+    for metric in ("psnr_image", "psnr_head", "ssim_image", "ssim_head"):
+        assert summary[f"{metric}_mean"].notna().all()
+    degraded = summary[summary["method"] == "degraded"].set_index("noise_sigma")
+    assert 20 < degraded.loc[0.0, "psnr_image_mean"] < 40  # a real blur, not a degenerate number
+    assert degraded.loc[0.01, "psnr_image_mean"] < degraded.loc[0.0, "psnr_image_mean"]
+    paper = summary.set_index(["method", "noise_sigma"])["paper_psnr_stl10"]
+    assert paper["diffnet_paper", 0.0] == 65.34 and paper["unet", 0.01] == 35.27
+    assert pd.isna(paper["degraded", 0.0])
+    assert len(pd.read_csv(out / "per_subject.csv")) == 6
+    assert_png(out / "panel.png")
+    assert_report(out / "report.md", "kappa = 0.1", "65.34", "degraded input", "residual U-Net (small)")
+    for model in ("diffnet_paper_sigma0.pt", "unet_sigma0.01.pt"):
+        assert (out / "models" / model).is_file()
+    assert "DiffNet (paper)" in printed["invert_pm"] and str((out / "report.md").resolve()) in printed["invert_pm"]
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_data_efficiency_outputs(runs):
+    folder, _, printed = runs
+    out = folder / "data_efficiency"
+    summary = pd.read_csv(out / "summary.csv")
+    learned = summary[summary["method"] != "noisy"]
+    assert len(summary) == 5 and len(learned) == 4  # noisy input + 2 networks x 2 sizes
+    sizes = sorted(set(learned["train_slices"]))
+    assert sizes[0] == 5 and sizes[1] > 5  # "all": every slice of the 2 training volumes
+    assert summary["psnr_head_mean"].notna().all() and summary["ssim_image_mean"].between(0, 1).all()
+    noisy = summary[summary["method"] == "noisy"].iloc[0]
+    assert 15 < noisy["psnr_head_mean"] < 40
+    assert_png(out / "psnr_vs_size.png")
+    assert_report(out / "report.md", "rician noise at 5%", "500-1,000")
+    assert "training slices" in printed["data_efficiency"]
+
+
+def test_interpretation_outputs(runs):
+    folder, _, printed = runs
+    out = folder / "interpretation"
+    smoothing = pd.read_csv(out / "smoothing.csv")
+    assert len(smoothing) == 2 * 5  # levels x layers
+    assert sorted(set(smoothing["layer"])) == [1, 2, 3, 4, 5]
+    for column in ("smoothing_image_mean", "smoothing_head_mean", "effective_smoothing_image_mean", "time_step",
+                   "stencil_sum_image_mean", "diffusion_head_mean", "diffusion_image_mean"):
+        assert smoothing[column].notna().all()
+    assert (smoothing["smoothing_image_mean"] > 0).all()  # 3 Adam steps move the zero-initialised filters
+    net = DiffNet.paper(2)
+    net.load_state_dict(torch.load(out / "models" / "diffnet_paper.pt", weights_only=True))
+    steps = net.time_steps().detach()
+    assert torch.allclose(torch.tensor(smoothing.groupby("layer")["time_step"].first().values, dtype=steps.dtype),
+                          steps)
+    denoising = pd.read_csv(out / "denoising.csv")
+    assert len(denoising) == 4 and set(denoising["method"]) == {"noisy", "diffnet_paper"}
+    assert_png(out / "smoothing_vs_level.png")
+    assert_png(out / "filters_0.09.png")
+    assert_report(out / "report.md", "mean over voxels x of sum_j |f_kj(x)|", "time step dt_k", "trained here",
+                  "neighbour conductance sum d_k")
+    assert "learned time steps" in printed["interpretation"]
+
+    loaded = folder / "loaded"  # the second run interprets the saved weights without training
+    assert "weights loaded from" in (loaded / "report.md").read_text()
+    assert not list((loaded / "models").glob("*.pt"))
+    again = pd.read_csv(loaded / "smoothing.csv")
+    assert torch.allclose(torch.tensor(again["smoothing_image_mean"].values),
+                          torch.tensor(smoothing["smoothing_image_mean"].values), rtol=1e-4)
+
+
+def test_mlflow_parent_and_child_runs(runs):
+    from mlflow.tracking import MlflowClient
+
+    _, uri, _ = runs
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    found = client.search_runs([experiment.experiment_id], max_results=500)
+    parents = {r.info.run_name.split()[0]: r for r in found if "mlflow.parentRunId" not in r.data.tags}
+    assert set(parents) == {"tiny_invert_pm", "tiny_data_efficiency", "tiny_interpretation"}
+    assert all(r.info.status == "FINISHED" for r in found)
+
+    def children(parent):
+        return [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+    invert = children(parents["tiny_invert_pm"])
+    trained = [r for r in invert if r.info.run_name.startswith("train ")]
+    results = [r for r in invert if not r.info.run_name.startswith("train ")]
+    assert len(trained) == 4 and len(results) == 6
+    assert all("train_loss" in r.data.metrics for r in trained)
+    assert all({"psnr_image_mean", "psnr_head_mean", "ssim_image_mean", "ssim_head_mean"} <= set(r.data.metrics)
+               for r in results)
+    assert "kappa" in results[0].data.params
+    parent = parents["tiny_invert_pm"]
+    assert "budget" in parent.data.params and "hardware" in parent.data.params and "minutes" in parent.data.metrics
+
+    efficiency = children(parents["tiny_data_efficiency"])
+    assert len([r for r in efficiency if r.info.run_name.startswith("train ")]) == 4
+    assert len([r for r in efficiency if not r.info.run_name.startswith("train ")]) == 5
+
+    interpretation = [r for r in found if r.data.tags.get("mlflow.parentRunId") in
+                      {p.info.run_id for p in found if p.info.run_name.startswith("tiny_interpretation")}]
+    levels = [r for r in interpretation if not r.info.run_name.startswith("train ")]
+    assert len(levels) == 4  # 2 levels x 2 runs (trained, then loaded)
+    assert all({"smoothing_image_layer5", "diffusion_head_layer1", "diffnet_paper_psnr_head_mean"}
+               <= set(r.data.metrics) for r in levels)
+    interpret_parents = [p for p in found if p.info.run_name.startswith("tiny_interpretation")
+                         and "mlflow.parentRunId" not in p.data.tags]
+    assert all("time_step_layer1" in p.data.metrics for p in interpret_parents)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("kind: invert_pm\nstepz: 3\n", "unknown keys ['stepz']"),
+    ("kind: invert_pm\ntraining: {steps: 3, learning_rate: 0.1}\n", "unknown keys ['learning_rate']"),
+    ("kind: invert_pm\ninvert_pm: {kapa: 0.1}\n", "unknown keys ['kapa']"),
+    ("kind: invert_pm\ndata_efficiency: {sizes: [10]}\n", "do not belong to an experiment of kind 'invert_pm'"),
+    ("kind: denoise\n", "kind must be one of"),
+    ("name: x\n", "'kind' is missing"),
+    ("kind: data_efficiency\ndata_efficiency: {sizes: [0, all]}\n", "sizes entries"),
+    ("kind: invert_pm\ntraining: {steps: ten}\n", "training.steps must be a positive integer"),
+    ("kind: interpretation\ninterpretation: {levels: [0.05], figure_levels: [0.15]}\n", "figure_levels"),
+    ("kind: invert_pm\n- a list\n", "not valid YAML"),
+])
+def test_bad_config_is_refused_clearly(tmp_path, text, message):
+    with pytest.raises(ValueError, match=None) as error:
+        load_config(write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_missing_checkpoint_given_explicitly_is_an_error(tmp_path):
+    missing = tmp_path / "nowhere" / "diffnet.pt"
+    path = write(tmp_path, f"kind: interpretation\ninterpretation: {{checkpoint: {missing}}}\n")
+    with pytest.raises(FileNotFoundError, match="train_if_missing") as error:
+        load_config(path)
+    assert str(missing) in str(error.value)
+    # with train_if_missing the config is accepted (a DiffNet is trained instead) ...
+    write(tmp_path, f"kind: interpretation\ninterpretation: {{checkpoint: {missing}, train_if_missing: true}}\n")
+    assert load_config(path).interpretation.train_if_missing
+    # ... but not when the checkpoint is given on the command line, and the CLI says why in one line
+    status, _, err = run_main(["experiment", "--config", str(path), "--checkpoint", str(missing)])
+    assert status == 1 and err.startswith("error: ") and str(missing) in err
+    status, _, err = run_main(["experiment", "--config", str(write(tmp_path, "kind: invert_pm\nstepz: 3\n"))])
+    assert status == 1 and "unknown keys ['stepz']" in err
+    status, _, err = run_main(["experiment", "--config", str(tmp_path / "absent.yaml")])
+    assert status == 1 and "not found" in err
+    with pytest.raises(ValueError, match="interpretation"):
+        load_config(write(tmp_path, "kind: invert_pm\n"), checkpoint=str(missing))
+
+
+def test_smoothing_level_is_the_mean_absolute_stencil_sum():
+    from pipeline.experiments.interpretation import filter_statistics
+
+    torch.manual_seed(0)
+    net = DiffNet.paper(2, estimator_channels=4)
+    for layer in net.layers:  # the last convolutions start at zero: give the stencils some values
+        torch.nn.init.normal_(layer.estimator[-1].weight, std=0.1)
+    noisy, mask = torch.rand(5, 1, 12, 10), (torch.rand(5, 1, 12, 10) > 0.5).float()
+    out, stats, kept = filter_statistics(net, noisy, mask, torch.device("cpu"), chunk=2, keep=3)
+    expected, filters = net.forward_with_filters(noisy)
+    assert torch.allclose(out, expected)
+    for k, f in enumerate(filters):
+        assert f.shape == (5, 5, 12, 10)  # [centre, -x, +x, -y, +y] per voxel
+        magnitude = f.abs().sum(1)
+        assert stats["smoothing_image"][k] == pytest.approx(magnitude.mean().item(), rel=1e-5)
+        assert stats["smoothing_head"][k] == pytest.approx(magnitude[mask[:, 0] > 0].mean().item(), rel=1e-5)
+        assert stats["stencil_sum_image"][k] == pytest.approx(f.sum(1).mean().item(), rel=1e-4, abs=1e-7)
+        neighbours = f[:, 1:].sum(1)
+        assert stats["diffusion_image"][k] == pytest.approx(neighbours.mean().item(), rel=1e-4, abs=1e-7)
+        assert stats["diffusion_head"][k] == pytest.approx(neighbours[mask[:, 0] > 0].mean().item(), rel=1e-4,
+                                                           abs=1e-7)
+        assert torch.allclose(kept[k], f[3])
