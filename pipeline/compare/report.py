@@ -64,8 +64,9 @@ def markdown_tables(summary: pd.DataFrame) -> str:
     costs = summary.groupby("method", sort=False).agg(parameters=("parameters", "first"),
                                                       seconds=("seconds_per_volume", "median"))
     costs.index = [LABELS[m] for m in costs.index]
-    costs.columns = ["parameters", "s / volume (median)"]
-    parts.append(f"### Size and inference time\n\n{costs.to_markdown(floatfmt='.2f')}\n")
+    costs = pd.DataFrame({"parameters": costs["parameters"].map("{:,}".format),
+                          "s / volume (median)": costs["seconds"].map("{:.2f}".format)}, index=costs.index)
+    parts.append(f"### Size and inference time\n\n{costs.to_markdown(colalign=('left', 'right', 'right'))}\n")
     return "\n".join(parts)
 
 
