@@ -104,11 +104,11 @@ def _build(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
-def load_config(path: str | Path, **overrides) -> CompareConfig:
-    """Read and check a comparison config; ``overrides`` (top-level keys, ``None`` ignored) replace its values."""
+def read_yaml_config(path: str | Path, what: str = "comparison") -> dict:
+    """The top-level mapping of a plain-YAML config (``name`` defaults to the file's stem), or a clear error."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"comparison config {path} not found")
+        raise FileNotFoundError(f"{what} config {path} not found")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -116,6 +116,12 @@ def load_config(path: str | Path, **overrides) -> CompareConfig:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of settings at the top level")
     values.setdefault("name", path.stem)
+    return values
+
+
+def load_config(path: str | Path, **overrides) -> CompareConfig:
+    """Read and check a comparison config; ``overrides`` (top-level keys, ``None`` ignored) replace its values."""
+    values = read_yaml_config(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return _build(CompareConfig, values, str(path))

@@ -38,6 +38,11 @@ def hardware() -> str:
     return text + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; anything else as ``torch.device`` reads it."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
 def check_output_dir(path: Path) -> None:
     """Create ``path`` and make sure it is writable before any long work starts."""
     try:
@@ -107,8 +112,7 @@ def run_comparison(config: CompareConfig) -> dict:
     out = Path(config.output_dir)
     check_output_dir(out)
     (out / "models").mkdir(exist_ok=True)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto"
-                          else config.device)
+    device = resolve_device(config.device)
     ev, tu = config.evaluation, config.tuning
     train = load_manifest(config.manifest, "training", config.data_root)[:config.training.num_volumes]
     validation = load_manifest(config.manifest, "validation", config.data_root)[:tu.num_volumes]

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline.compare.evaluation import load_volumes, subject_metrics
-from pipeline.compare.run import check_output_dir, hardware, save_weights
+from pipeline.compare.run import check_output_dir, hardware, resolve_device, save_weights
 from pipeline.compare.tracking import ComparisonTracker, default_tracking_uri
 from pipeline.data import load_manifest
 from pipeline.data.loaders import axial_slices
@@ -68,8 +68,7 @@ class Run:
         out = Path(config.output_dir)
         check_output_dir(out)
         (out / "models").mkdir(exist_ok=True)
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto"
-                              else config.device)
+        device = resolve_device(config.device)
         uri = config.tracking_uri or default_tracking_uri()
         tracker = ComparisonTracker(uri, config.experiment, f"{config.name} {started:%Y-%m-%d %H:%M:%S}",
                                     {"config": config.as_dict(), "kind": config.kind, "hardware": hardware(),

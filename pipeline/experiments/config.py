@@ -12,8 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from pipeline.compare.config import read_yaml_config
 from pipeline.transforms.noise import NOISE_MODELS
 
 KINDS = ("invert_pm", "data_efficiency", "interpretation")
@@ -222,15 +221,7 @@ def load_config(path: str | Path, checkpoint: str | None = None, **overrides) ->
     that is missing while ``train_if_missing`` is false fails here, before any work starts.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment config {path} not found")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of settings at the top level")
-    values.setdefault("name", path.stem)
+    values = read_yaml_config(path, "experiment")
     if "kind" not in values:
         raise ValueError(f"{path}: 'kind' is missing; it must be one of {KINDS}")
     values.update({k: v for k, v in overrides.items() if v is not None})
