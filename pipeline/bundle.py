@@ -35,7 +35,7 @@ def default_dataset_dir(manifest: str | os.PathLike) -> str:
     if os.environ.get("PIPELINE_DATA_ROOT"):
         return os.environ["PIPELINE_DATA_ROOT"]
     manifest = Path(manifest)
-    root = json.loads(manifest.read_text()).get("data_root", ".")
+    root = json.loads(manifest.read_text(encoding="utf-8")).get("data_root", ".")
     return str((manifest.parent / root).resolve())
 
 
@@ -54,11 +54,11 @@ def run_name(method: str, workflow: str, output_dir: str | os.PathLike, resume: 
     """
     record = Path(output_dir) / f"{workflow}_{RUN_NAME_FILE}"
     if as_bool(resume) and record.is_file():
-        return record.read_text().strip()
+        return record.read_text(encoding="utf-8").strip()
     name = f"{method}-{workflow}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 logs to MLflow, so only it records
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(name + "\n")
+        record.write_text(name + "\n", encoding="utf-8")
     return name
 
 

@@ -39,7 +39,7 @@ def tune_on_slices(noisy: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor,
 def tune_perona_malik(datalist, noise: str, levels, seed: int, out_file: str | os.PathLike) -> dict:
     """Tune for every level on the validation ``datalist``; merge into ``out_file`` (JSON, written atomically)."""
     out_file = Path(out_file)
-    table = json.loads(out_file.read_text()) if out_file.is_file() else {}
+    table = json.loads(out_file.read_text(encoding="utf-8")) if out_file.is_file() else {}
     volumes = [volume_transforms("label")(item) for item in datalist]  # loaded once, noised per level
     for level in levels:
         noiser = MRINoised(source_key="label", target_key="image", noise=noise, level=level, seed=seed)
@@ -49,7 +49,7 @@ def tune_perona_malik(datalist, noise: str, levels, seed: int, out_file: str | o
               f"-> validation PSNR in head {best['val_psnr_head']:.2f} dB", flush=True)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(out_file.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=2) + "\n")
+    tmp.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out_file)
     return table
 
@@ -59,7 +59,7 @@ def tuned_parameters(path: str | os.PathLike, noise: str, level: float) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the Perona-Malik 'tuning' workflow first")
-    table = json.loads(path.read_text()).get(noise, {})
+    table = json.loads(path.read_text(encoding="utf-8")).get(noise, {})
     key = f"{level:g}"
     if key not in table:
         raise ValueError(f"{path} has no Perona-Malik parameters for {noise} noise at level {key}; "

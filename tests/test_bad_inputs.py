@@ -82,7 +82,7 @@ def corrupt_gz(tmp, ixi):
 
 def text_as_nifti(tmp, ixi):
     path = tmp / "notes.nii"
-    path.write_text("this is a text file, not a NIfTI volume\n" * 20)
+    path.write_text("this is a text file, not a NIfTI volume\n" * 20, encoding="utf-8")
     return path
 
 
@@ -96,7 +96,7 @@ def truncated_nii(tmp, ixi):
 
 def text_as_mha(tmp, ixi):
     path = tmp / "notes.mha"
-    path.write_text("not a MetaImage\n")
+    path.write_text("not a MetaImage\n", encoding="utf-8")
     return path
 
 
@@ -191,7 +191,7 @@ def denoise(capsys, source: Path, out: Path, *extra: str):
     status = main(["denoise", str(source), "--out", str(out), "--device", "cpu", *extra])
     printed = capsys.readouterr()
     summary = out / "denoise_summary.csv"
-    rows = list(csv.DictReader(summary.open())) if summary.is_file() else []
+    rows = list(csv.DictReader(summary.open(encoding="utf-8"))) if summary.is_file() else []
     return status, rows, printed.out + printed.err
 
 
@@ -236,7 +236,7 @@ def test_missing_file(tmp_path, capsys):
 
 def test_a_folder_without_dicom_files_and_an_empty_dimension(tmp_path):
     (tmp_path / "folder").mkdir()
-    (tmp_path / "folder" / "readme.txt").write_text("hello")
+    (tmp_path / "folder" / "readme.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(VolumeError, match="is a folder without DICOM files"):
         check_volume_file(tmp_path / "folder")
     path = nifti(tmp_path / "flat.nii.gz", np.zeros((8, 0, 4), np.float32))

@@ -32,7 +32,7 @@ def small_ixi(ixi_dir: Path, folder: Path, count: int) -> list[Path]:
 
 
 def read_summary(out: Path) -> dict[str, dict]:
-    with open(out / "denoise_summary.csv", newline="") as f:
+    with open(out / "denoise_summary.csv", newline="", encoding="utf-8") as f:
         return {Path(row["input"]).name: row for row in csv.DictReader(f)}
 
 
@@ -78,7 +78,7 @@ def test_folder_with_good_and_bad_volumes(tmp_path, ixi_dir):
     assert "2 of 4 volume(s) denoised, 2 failed" in log
     table = log[log.index("2 failed"):]
     assert "broken.nii.gz" in table and "mixed_series" in table
-    everything = log + (out / "denoise_summary.csv").read_text()
+    everything = log + (out / "denoise_summary.csv").read_text(encoding="utf-8")
     for secret in (PATIENT_NAME, PATIENT_ID, "Doe", "Jane", BIRTH_DATE):
         assert secret not in everything, f"{secret!r} was printed or written"
 

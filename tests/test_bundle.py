@@ -105,7 +105,8 @@ def all_runs(uri: str) -> list:
 
 def read_metrics_csv(path: Path) -> dict[str, float]:
     """MONAI ``MetricsSaver``'s ``metrics.csv``: ``name,value`` rows (comma or tab separated)."""
-    rows = [line.replace("\t", ",").split(",") for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [line.replace("\t", ",").split(",") for line in lines if line.strip()]
     return {row[0]: float(row[1]) for row in rows}
 
 
@@ -247,7 +248,7 @@ def test_training_writes_weights_checkpoint_and_mlflow_run(trained, tracking_uri
     assert {"network", "optimizer", "lr_scheduler", "trainer"} <= set(checkpoint)
     assert checkpoint["trainer"]["iteration"] == checkpoint["trainer"]["epoch_length"]  # one whole epoch
 
-    name = (out / "train_mlflow_run_name.txt").read_text().strip()
+    name = (out / "train_mlflow_run_name.txt").read_text(encoding="utf-8").strip()
     assert name.startswith("diffnet_guided-train-"), name
     runs = [r for r in runs_named(tracking_uri, name) if r.data.params.get("epochs") == "1"]
     assert len(runs) == 1, f"expected one MLflow run named {name}, found {len(runs)}{tail(proc)}"
@@ -301,7 +302,7 @@ def test_resume_restores_the_checkpoint_and_runs_only_the_remaining_epoch(resume
     assert state["iteration"] == 2 * state["epoch_length"], state
 
     # the same run name continues; MLflow holds epoch 1 once and epoch 2 once, the resumed run only epoch 2
-    name = (out / "train_mlflow_run_name.txt").read_text().strip()
+    name = (out / "train_mlflow_run_name.txt").read_text(encoding="utf-8").strip()
     runs = runs_named(uri, name)
     client = mlflow_client(uri)
     histories = [[m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] for r in runs]
@@ -354,13 +355,13 @@ def test_evaluation_writes_metrics_and_mlflow_run(evaluated, tracking_uri, ixi_t
     for key in ("test_ssim_head", "test_ssim_image"):
         assert 0 < metrics[key] <= 1, metrics
 
-    lines = (out / "test_psnr_head_raw.csv").read_text().splitlines()
+    lines = (out / "test_psnr_head_raw.csv").read_text(encoding="utf-8").splitlines()
     rows = list(csv.reader(lines[1:], delimiter="\t" if "\t" in lines[0] else ","))  # after the header
     assert len(rows) == 1, f"one row per test volume expected (1 volume): {rows}"
     assert Path(rows[0][0]).name == ixi_test_volume.name, rows
     assert abs(float(rows[0][1]) - metrics["test_psnr_head"]) < 1e-3, (rows, metrics)
 
-    name = (out / "evaluate_mlflow_run_name.txt").read_text().strip()
+    name = (out / "evaluate_mlflow_run_name.txt").read_text(encoding="utf-8").strip()
     assert name.startswith("diffnet_guided-evaluate-"), name
     runs = runs_named(tracking_uri, name)
     assert len(runs) == 1, f"expected one MLflow run named {name}{tail(proc)}"
@@ -515,7 +516,7 @@ def test_unet_baseline_trains_into_the_same_experiment(trained, ixi, work, track
     net = residual_unet(preset="small", spatial_dims=2)
     net.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
 
-    name = (out / "train_mlflow_run_name.txt").read_text().strip()
+    name = (out / "train_mlflow_run_name.txt").read_text(encoding="utf-8").strip()
     assert name.startswith("unet_residual-train-"), name
     runs = runs_named(tracking_uri, name)
     assert len(runs) == 1, f"expected one MLflow run named {name}{tail(proc)}"
@@ -525,7 +526,8 @@ def test_unet_baseline_trains_into_the_same_experiment(trained, ixi, work, track
 
     diffnet_proc, diffnet_out = trained
     assert_ok(diffnet_proc)
-    diffnet_runs = runs_named(tracking_uri, (diffnet_out / "train_mlflow_run_name.txt").read_text().strip())
+    diffnet_name = (diffnet_out / "train_mlflow_run_name.txt").read_text(encoding="utf-8").strip()
+    diffnet_runs = runs_named(tracking_uri, diffnet_name)
     assert diffnet_runs and diffnet_runs[0].info.experiment_id == runs[0].info.experiment_id, \
         "DiffNet and U-Net runs are in different experiments"
 
@@ -538,9 +540,10 @@ def test_perona_malik_tuning_writes_parameters(pm_tuned):
     proc, pm_file = pm_tuned
     assert_ok(proc)
     assert pm_file.is_file(), f"no {pm_file}{tail(proc)}"
-    best = json.loads(pm_file.read_text())["rician"]["0.05"]
+    best = json.loads(pm_file.read_text(encoding="utf-8"))["rician"]["0.05"]
     assert best["kappa"] > 0 and best["num_iter"] >= 1 and 0 < best["dt"] <= 0.25, best  # dt: 2D stability bound
-    assert list(json.loads(pm_file.read_text())["rician"]) == ["0.05"], "tuned levels other than --tune_levels"
+    tuned = json.loads(pm_file.read_text(encoding="utf-8"))
+    assert list(tuned["rician"]) == ["0.05"], "tuned levels other than --tune_levels"
 
 
 def test_perona_malik_evaluation(pm_tuned, ixi, work, tracking_uri):
@@ -621,7 +624,7 @@ def test_multi_process_training_with_torchrun(ixi, work, tracking_uri):
 
     new = [r.info.run_name for r in all_runs(tracking_uri) if r.info.run_id not in {b.info.run_id for b in before}]
     assert len(new) == 1, f"MLflow runs {new} for one training: only rank 0 may log{tail(proc)}"
-    name = (out / "train_mlflow_run_name.txt").read_text().strip()
+    name = (out / "train_mlflow_run_name.txt").read_text(encoding="utf-8").strip()
     named = runs_named(tracking_uri, name)
     assert len(named) == 1 and "val_psnr_head" in named[0].data.metrics, (
         f"BUG (pipeline/bundle.py run_name, under torchrun): {out / 'train_mlflow_run_name.txt'} holds {name!r} but "

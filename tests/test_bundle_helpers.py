@@ -50,7 +50,8 @@ def test_tuned_parameters_explain_what_is_missing(tmp_path):
     path = tmp_path / "pm.json"
     with pytest.raises(FileNotFoundError, match="tuning"):
         tuned_parameters(path, "rician", 0.05)
-    path.write_text(json.dumps({"rician": {"0.05": {"kappa": 0.1, "num_iter": 4, "dt": 0.25, "val_psnr_head": 30}}}))
+    table = {"rician": {"0.05": {"kappa": 0.1, "num_iter": 4, "dt": 0.25, "val_psnr_head": 30}}}
+    path.write_text(json.dumps(table), encoding="utf-8")
     assert tuned_parameters(path, "rician", 0.05) == {"kappa": 0.1, "num_iter": 4, "dt": 0.25}
     with pytest.raises(ValueError, match="tuned levels"):
         tuned_parameters(path, "rician", 0.07)

@@ -3,6 +3,7 @@ volumes, then its tables, figures and MLflow runs read back from the SQLite stor
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -35,7 +36,7 @@ def tiny_config(tmp_path, ixi_dir, **changes) -> dict:
     }
     config.update(changes)
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
 
 
@@ -43,8 +44,11 @@ def tiny_config(tmp_path, ixi_dir, **changes) -> dict:
 def compared(tmp_path_factory, ixi_dir):
     tmp_path = tmp_path_factory.mktemp("compare")
     config = tiny_config(tmp_path, ixi_dir)
+    # under an ASCII-only locale (as on some CI machines and servers): the files must still be written as UTF-8
+    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
     proc = subprocess.run([sys.executable, "-m", "pipeline", "compare", "--config", str(config)], cwd=REPO,
-                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900,
+                          env=ascii_locale)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return tmp_path, proc
 
@@ -66,7 +70,7 @@ def test_compare_tables(compared):
             > noisy.loc[("rician", 0.15), "psnr_head_mean"])
     assert summary.loc[("diffnet_paper", "rician", 0.05), "parameters"] == 101310
     assert summary.loc[("noisy", "rician", 0.05), "parameters"] == 0
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "DiffNet + guidance" in report and "± " in report and "hardware:" in report and "3 Adam steps" in report
     # the printed table ends with the paths of the report and the figures
     assert "PSNR inside the head" in proc.stdout and str(out / "metrics_vs_level.png") in proc.stdout
@@ -131,7 +135,7 @@ def test_bad_config_is_refused(tmp_path, ixi_dir, change, message):
 
 def test_unwritable_output_is_refused_before_work(tmp_path, ixi_dir):
     blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
+    blocker.write_text("not a folder", encoding="utf-8")
     config = load_config(tiny_config(tmp_path, ixi_dir, output_dir=str(blocker / "out")))
     with pytest.raises(ValueError, match="not writable"):
         run_comparison(config)

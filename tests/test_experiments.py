@@ -33,7 +33,7 @@ def tiny_config(folder, kind, uri, data_root, **extra):
             "training: {num_volumes: 2, steps: 3, batch_size: 4, patch_size: 32}\n"
             + SECTIONS[kind] + "".join(f"{k}: {v}\n" for k, v in extra.items()))
     path = folder / f"tiny_{kind}.yaml"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -79,7 +79,7 @@ def assert_png(path):
 
 
 def assert_report(path, *expected):
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     for line in ("- date: ", "- hardware: ", "- budget: ", "- test: 1 test subjects"):
         assert line in text
     for item in expected:
@@ -151,7 +151,7 @@ def test_interpretation_outputs(runs):
     assert "learned time steps" in printed["interpretation"]
 
     loaded = folder / "loaded"  # the second run interprets the saved weights without training
-    assert "weights loaded from" in (loaded / "report.md").read_text()
+    assert "weights loaded from" in (loaded / "report.md").read_text(encoding="utf-8")
     assert not list((loaded / "models").glob("*.pt"))
     again = pd.read_csv(loaded / "smoothing.csv")
     assert torch.allclose(torch.tensor(again["smoothing_image_mean"].values),
@@ -200,7 +200,7 @@ def test_mlflow_parent_and_child_runs(runs):
 
 def write(tmp_path, text):
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 

@@ -43,7 +43,7 @@ def tiny_dataset(folder: Path, ixi: Path) -> dict:
             name = Path(item["label"]).name
             nib.save(nib.load(item["label"]).slicer[12:108, 12:108, 38:50], str(folder / name))
             manifest[split].append({"label": name, "subject": item.get("subject", name)})
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return {"manifest": folder / "manifest.json", "dataset_dir": folder}
 
 
@@ -59,7 +59,7 @@ def start_bundle(args: list[str], log: Path) -> subprocess.Popen:
     """``python -m monai.bundle <args>`` started in the background, stdout and stderr into ``log``."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_DATA_ROOT")}
     env.update(MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
-    with log.open("w") as out:
+    with log.open("w", encoding="utf-8") as out:
         return subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
 
@@ -69,12 +69,12 @@ def run_together(jobs: dict[str, tuple[list[str], Path]], timeout: int = 900) ->
     ``{key: (args, log)}`` -> ``{key: CompletedProcess}`` with stdout and stderr together in ``.stdout``."""
     procs = {key: (start_bundle(args, log), args, log) for key, (args, log) in jobs.items()}
     return {key: subprocess.CompletedProcess([sys.executable, "-m", "monai.bundle", *args], proc.wait(timeout),
-                                             log.read_text(errors="replace"))
+                                             log.read_text(encoding="utf-8", errors="replace"))
             for key, (proc, args, log) in procs.items()}
 
 
 def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -110,7 +110,7 @@ def finish(reference: dict) -> subprocess.CompletedProcess:
         returncode = reference["popen"].wait(timeout=900)
         reference["seconds"] = time.monotonic() - reference["started"]
         reference["proc"] = subprocess.CompletedProcess(reference["args"], returncode,
-                                                        reference["log"].read_text(errors="replace"))
+                                                        reference["log"].read_text(encoding="utf-8", errors="replace"))
     return reference["proc"]
 
 
@@ -122,16 +122,18 @@ def test_killed_training_resumes_like_an_uninterrupted_run(tiny, reference, tmp_
     deadline = time.monotonic() + 600
 
     def epoch_2_started() -> bool:  # epoch 1 is saved and epoch 2's first iteration logged
-        return (out / "checkpoint_epoch=1.pt").is_file() and "Epoch: 2/2, Iter: 1/" in log.read_text(errors="replace")
+        logged = log.read_text(encoding="utf-8", errors="replace")
+        return (out / "checkpoint_epoch=1.pt").is_file() and "Epoch: 2/2, Iter: 1/" in logged
 
     while not epoch_2_started():
-        assert victim.poll() is None, f"the training ended before it was killed:\n{log.read_text()[-4000:]}"
+        assert victim.poll() is None, \
+            f"the training ended before it was killed:\n{log.read_text(encoding='utf-8')[-4000:]}"
         assert time.monotonic() < deadline, "epoch 2 never started"
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     assert not (out / "checkpoint_epoch=2.pt").exists(), "killed too late: epoch 2 was already saved"
-    name = (out / "train_mlflow_run_name.txt").read_text().strip()
+    name = (out / "train_mlflow_run_name.txt").read_text(encoding="utf-8").strip()
 
     resumed = run_bundle(args + ["--resume", "true"], tmp_path / "resumed.log")
     assert_ok(resumed)
@@ -251,7 +253,7 @@ def unwritable(tmp_path: Path) -> Path:
     folder below a regular file, which nobody can create."""
     if os.geteuid() == 0:
         blocker = tmp_path / "a_file"
-        blocker.write_text("not a folder\n")
+        blocker.write_text("not a folder\n", encoding="utf-8")
         return blocker / "out"
     folder = tmp_path / "read_only"
     folder.mkdir()

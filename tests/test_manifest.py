@@ -43,7 +43,7 @@ def ixi_like(tmp_path):
         subject = f"IXI{n:03d}"
         for scan in range(1, MULTI_SCAN.get(subject, 1) + 1):
             write_nifti(root / f"{subject}-HH-{scan}_T1.nii.gz")
-    (root / "README.txt").write_text("not a volume")
+    (root / "README.txt").write_text("not a volume", encoding="utf-8")
     return root
 
 
@@ -83,16 +83,16 @@ def test_find_volumes_all_formats(tmp_path):
     write_nifti(root / "nii" / "b.nii")
     (root / "meta").mkdir()
     (root / "meta" / "c.mha").write_bytes(b"ObjectType = Image\n")
-    (root / "meta" / "d.mhd").write_text("ObjectType = Image\nElementDataFile = d.raw\n")
+    (root / "meta" / "d.mhd").write_text("ObjectType = Image\nElementDataFile = d.raw\n", encoding="utf-8")
     (root / "meta" / "d.raw").write_bytes(b"\0" * 8)
-    (root / "meta" / "orphan.mhd").write_text("ObjectType = Image\nElementDataFile = missing.raw\n")
+    (root / "meta" / "orphan.mhd").write_text("ObjectType = Image\nElementDataFile = missing.raw\n", encoding="utf-8")
     (root / "dicom" / "series1").mkdir(parents=True)
     for i in range(3):
         (root / "dicom" / "series1" / f"slice{i}.dcm").write_bytes(b"")
     (root / "dicom" / "series2").mkdir()  # no extension, recognised by the DICOM preamble
     (root / "dicom" / "series2" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
     (root / "notes").mkdir()
-    (root / "notes" / "x.txt").write_text("no volume")
+    (root / "notes" / "x.txt").write_text("no volume", encoding="utf-8")
 
     with pytest.warns(UserWarning, match="orphan.mhd"):
         found = find_volumes(root)
@@ -148,7 +148,7 @@ def test_missing_or_empty_folder_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_folder"):
         build_manifest(tmp_path / "no_such_folder")
     (tmp_path / "empty_folder").mkdir()
-    (tmp_path / "empty_folder" / "notes.txt").write_text("x")
+    (tmp_path / "empty_folder" / "notes.txt").write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match="empty_folder"):
         build_manifest(tmp_path / "empty_folder")
 
@@ -160,10 +160,10 @@ def test_missing_or_empty_folder_named(tmp_path):
 def test_write_manifest_atomic_json(ixi_like, tmp_path):
     out = tmp_path / "out" / "m.json"
     out.parent.mkdir()
-    out.write_text("old contents")
+    out.write_text("old contents", encoding="utf-8")
     manifest = build_manifest(ixi_like)
     assert write_manifest(manifest, out) == out
-    assert json.loads(out.read_text()) == manifest
+    assert json.loads(out.read_text(encoding="utf-8")) == manifest
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.json"]  # no temporary file left behind
 
 
@@ -244,7 +244,7 @@ def test_cli_manifest_subprocess(ixi_like, tmp_path, monkeypatch):
     )
     assert result.returncode == 0, result.stderr
     assert "training" in result.stdout and "20 subjects" in result.stdout and str(out) in result.stdout
-    written = json.loads(out.read_text())
+    written = json.loads(out.read_text(encoding="utf-8"))
     assert written["data_root"] == "../../ixi"  # relative to the manifest's folder
     assert written["seed"] == 1
     assert split_subjects(written) == split_subjects(build_manifest(ixi_like, (0.5, 0.25, 0.25), seed=1))
@@ -284,7 +284,7 @@ def test_cli_manifest_in_process(ixi_like, tmp_path, capsys, monkeypatch):
 
 def test_committed_ixi_manifest():
     assert COMMITTED_MANIFEST.is_file(), f"{COMMITTED_MANIFEST} missing: run `python -m pipeline data manifest`"
-    manifest = json.loads(COMMITTED_MANIFEST.read_text())
+    manifest = json.loads(COMMITTED_MANIFEST.read_text(encoding="utf-8"))
     assert manifest["data_root"] == "../../shared/data/ixi_t1" and manifest["seed"] == 0
     labels = all_labels(manifest)
     assert len(labels) == len(set(labels)) == 144
@@ -302,5 +302,5 @@ def test_committed_ixi_manifest_resolves():
         assert entries and all(Path(e["label"]).is_file() for e in entries)
     # The committed split is exactly what the command builds from the data today.
     rebuilt = build_manifest(data, seed=0)
-    committed = json.loads(COMMITTED_MANIFEST.read_text())
+    committed = json.loads(COMMITTED_MANIFEST.read_text(encoding="utf-8"))
     assert all(rebuilt[split] == committed[split] for split in SPLITS)

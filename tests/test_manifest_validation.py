@@ -44,7 +44,7 @@ def write(root: Path, training, validation=(), test=(), name="m.json") -> Path:
     """A manifest beside ``root`` whose data_root points at it."""
     path = root.parent / name
     manifest = {"data_root": root.name, "training": list(training), "validation": list(validation), "test": list(test)}
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest), encoding="utf-8")
     return path
 
 

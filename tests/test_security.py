@@ -155,7 +155,7 @@ def test_every_checkpoint_load_is_weights_only():
     assert "weights_only=True" in inspect.getsource(CheckpointLoader.__call__)
     loaders = set()
     for config in sorted((REPO / CONFIGS).rglob("*.yaml")):
-        text = config.read_text()
+        text = config.read_text(encoding="utf-8")
         for call in text.split("torch.load(")[1:]:
             assert "weights_only=True" in call.split(")")[0], f"{config.name}: torch.load without weights_only=True"
         loaders |= {line.split("_target_:")[1].split("#")[0].strip().strip("'\"") for line in text.splitlines()
@@ -184,7 +184,7 @@ def unsafe_calls(torch_load_only: bool = False) -> list[str]:
     for folder in ("pipeline", "benchmarks", "scripts"):
         for path in sorted((REPO / folder).rglob("*.py")):
             where = path.relative_to(REPO)
-            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
                 if not isinstance(node, ast.Call):
                     continue
                 func = node.func
@@ -225,12 +225,13 @@ def test_read_bundle_config_says_which_config_it_evaluates(capsys):
 
 
 def test_bundle_docs_say_that_configs_run_code():
-    docs = (REPO / BUNDLE / "docs" / "README.md").read_text()
+    docs = (REPO / BUNDLE / "docs" / "README.md").read_text(encoding="utf-8")
     section = docs[docs.index("## Faults and security"):]
     for phrase in ("run code", "weights_only=True", "trust"):
         assert phrase in section, f"the Security section of the bundle docs does not mention {phrase!r}"
     for name in ("train.yaml", "evaluate.yaml", "inference.yaml"):
-        assert "run code" in (REPO / CONFIGS / name).read_text(), f"{name} lacks the 'configs run code' note"
+        text = (REPO / CONFIGS / name).read_text(encoding="utf-8")
+        assert "run code" in text, f"{name} lacks the 'configs run code' note"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ def phi_runs(work) -> dict:
                                 tags={"0010|0010": PATIENT_NAME, "0010|0020": PATIENT_ID, "0010|0030": BIRTH_DATE})
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps({"name": "phi", "data_root": str(series.parent),
-                                    "test": [{"label": series.name, "subject": "S1"}]}))
+                                    "test": [{"label": series.name, "subject": "S1"}]}), encoding="utf-8")
     procs = run_together({
         "evaluate": (bundle_args("run evaluating", "train.yaml", "evaluate.yaml", manifest=manifest,
                                  dataset_dir=series.parent, output_dir=root / "evaluate", tracking="mlflow",

@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # an ASCII-only terminal (e.g. LC_ALL=C) shows "?" for the "±" of the tables instead of failing the run;
+        # the files written are UTF-8 whatever the locale
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

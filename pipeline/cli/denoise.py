@@ -49,7 +49,7 @@ def _write_summary(rows: list[dict], path: Path) -> None:
     writer.writerows(rows)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             f.write(text.getvalue())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of the output folder
         os.replace(tmp, path)

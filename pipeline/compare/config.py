@@ -110,7 +110,7 @@ def read_yaml_config(path: str | Path, what: str = "comparison") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{what} config {path} not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(values, dict):

@@ -21,7 +21,7 @@ METRICS = {"psnr_head": "PSNR head (dB)", "ssim_head": "SSIM head", "psnr_image"
 
 def write_atomic(path: Path, text: str) -> Path:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 

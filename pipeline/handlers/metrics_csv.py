@@ -45,7 +45,7 @@ class MetricsCSV:
 
     def _write(self, rows) -> None:
         new = not self.filename.is_file()
-        with self.filename.open("a", newline="") as f:
+        with self.filename.open("a", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             if new:
                 writer.writerow(COLUMNS)
@@ -55,11 +55,11 @@ class MetricsCSV:
         self.filename.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if self.filename.is_file():
-            with self.filename.open(newline="") as f:
+            with self.filename.open(newline="", encoding="utf-8") as f:
                 kept = [row for row in csv.DictReader(f) if set(row) == set(COLUMNS)
                         and str(row["epoch"]).isdigit() and int(row["epoch"]) <= engine.state.epoch]
         tmp = self.filename.with_name(self.filename.name + ".tmp")
-        with tmp.open("w", newline="") as f:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             writer.writerows(kept)
