@@ -139,3 +139,19 @@ def test_unwritable_output_is_refused_before_work(tmp_path, ixi_dir):
     config = load_config(tiny_config(tmp_path, ixi_dir, output_dir=str(blocker / "out")))
     with pytest.raises(ValueError, match="not writable"):
         run_comparison(config)
+
+
+def test_interrupted_comparison_marks_its_mlflow_run_failed(tmp_path, ixi_dir, monkeypatch):
+    """Ctrl-C during the evaluation: the parent run is closed as FAILED, not left RUNNING in the MLflow UI."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipeline.compare.run.evaluate", interrupted)
+    config = load_config(tiny_config(tmp_path, ixi_dir, methods=["noisy"],
+                                     evaluation={"noises": ["rician"], "levels": [0.05], "num_subjects": 1,
+                                                 "slice_every": 30}))
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(config)
+    client = MlflowClient(config.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(config.experiment).experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]

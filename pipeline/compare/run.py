@@ -123,7 +123,7 @@ def run_comparison(config: CompareConfig) -> dict:
     tracker = ComparisonTracker(tracking_uri, config.experiment, f"{config.name} {started:%Y-%m-%d %H:%M:%S}",
                                 {"config": config.as_dict(), "hardware": hardware(), "budget": budget_text(config),
                                  "test_subjects": len(test)})
-    try:
+    with tracker.failed_on_error():
         methods: list[Method] = []
         learned = {m.name: m for m in learned_methods(config, train, device, tracker, out / "models")}
         for name in config.methods:
@@ -160,9 +160,6 @@ def run_comparison(config: CompareConfig) -> dict:
                                {k: v for k, v in metrics.items() if pd.notna(v)}, artifacts)
         tracker.finish({"minutes": (datetime.datetime.now() - started).total_seconds() / 60},
                        [p for p in files.values()])
-    except BaseException:
-        tracker.finish({}, [], status="FAILED")
-        raise
     return {"summary": summary, "files": files, "tracking_uri": tracking_uri,
             "minutes": (datetime.datetime.now() - started).total_seconds() / 60}
 

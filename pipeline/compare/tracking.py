@@ -7,6 +7,7 @@ comparison goes on (its CSV and Markdown files are the complete record).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -101,3 +102,12 @@ class ComparisonTracker:
             self.client.set_terminated(run_id, status=status)
 
         self._try(record)
+
+    @contextlib.contextmanager
+    def failed_on_error(self):
+        """Marks the parent run FAILED when the block raises (Ctrl-C included), then lets the error through."""
+        try:
+            yield
+        except BaseException:
+            self.finish({}, [], status="FAILED")
+            raise

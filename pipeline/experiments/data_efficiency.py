@@ -46,7 +46,7 @@ def run_data_efficiency(config: ExperimentConfig) -> dict:
     s = config.data_efficiency
     budget = budget_text(config)
     run = Run.start(config, budget)
-    try:
+    with run.tracker.failed_on_error():
         bank = run.training_bank()
         sizes, dropped = resolve_sizes(s.sizes, len(bank))
         if dropped:
@@ -102,9 +102,6 @@ def run_data_efficiency(config: ExperimentConfig) -> dict:
                                     if k.endswith(("_mean", "_std", "_seconds")) and pd.notna(v)},
                                    [files["figure"]])
         run.tracker.finish({"minutes": run.minutes()}, list(files.values()))
-    except BaseException:
-        run.tracker.finish({}, [], status="FAILED")
-        raise
     return {"summary": summary, "table": table, "files": files, "tracking_uri": run.tracking_uri,
             "minutes": run.minutes()}
 

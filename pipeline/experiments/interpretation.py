@@ -109,7 +109,7 @@ def run_interpretation(config: ExperimentConfig) -> dict:
     loaded = bool(s.checkpoint) and Path(s.checkpoint).is_file()
     budget = budget_text(config, loaded)
     run = Run.start(config, budget, {"checkpoint": s.checkpoint if loaded else "none (trained here)"})
-    try:
+    with run.tracker.failed_on_error():
         network = build_network("diffnet_paper", seed=config.seed)
         if loaded:
             load_weights(network, s.checkpoint)
@@ -203,9 +203,6 @@ def run_interpretation(config: ExperimentConfig) -> dict:
         run.tracker.finish({"minutes": run.minutes(), **{f"time_step_layer{k + 1}": v
                                                          for k, v in enumerate(time_steps)}},
                            list(files.values()))
-    except BaseException:
-        run.tracker.finish({}, [], status="FAILED")
-        raise
     return {"summary": smoothing, "denoising": denoising, "time_steps": time_steps, "table": table, "files": files,
             "tracking_uri": run.tracking_uri, "minutes": run.minutes()}
 

@@ -47,7 +47,7 @@ def run_invert_pm(config: ExperimentConfig) -> dict:
     s = config.invert_pm
     budget = budget_text(config)
     run = Run.start(config, budget)
-    try:
+    with run.tracker.failed_on_error():
         bank = run.training_bank()
         volumes = run.test_volumes()
         tests = [(v["subject"], *run.clean_slices(v)) for v in volumes]
@@ -108,9 +108,6 @@ def run_invert_pm(config: ExperimentConfig) -> dict:
                                     if k.endswith(("_mean", "_std", "_seconds", "_stl10")) and pd.notna(v)},
                                    [files["figure"]])
         run.tracker.finish({"minutes": run.minutes()}, list(files.values()))
-    except BaseException:
-        run.tracker.finish({}, [], status="FAILED")
-        raise
     return {"summary": summary, "table": table, "files": files, "tracking_uri": run.tracking_uri,
             "minutes": run.minutes()}
 
