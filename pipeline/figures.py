@@ -1,4 +1,4 @@
-"""Figures (matplotlib, PNG): the noisy / clean / denoised / residual panel of one slice."""
+"""Figures (matplotlib, PNG): saving a figure atomically, and the noisy / clean / denoised / residual panel of one slice."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save ``fig`` as PNG under a temporary name, rename it to ``path`` when complete, and close it."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def middle_slice(volume) -> np.ndarray:
@@ -38,9 +48,4 @@ def denoising_panel(noisy, clean, denoised, path: str | os.PathLike, title: str 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.atomic_write import write_text_atomic
 from pipeline.data.loaders import axial_slices, volume_transforms
 from pipeline.metrics import psnr
 from pipeline.networks import PeronaMalik
@@ -48,9 +49,7 @@ def tune_perona_malik(datalist, noise: str, levels, seed: int, out_file: str | o
         print(f"Perona-Malik {noise} {level:g}: K={best['kappa']}, {best['num_iter']} steps, dt={best['dt']:.4g} "
               f"-> validation PSNR in head {best['val_psnr_head']:.2f} dB", flush=True)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(out_file.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_file)
+    write_text_atomic(out_file, json.dumps(table, indent=2) + "\n")
     return table
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from pipeline.atomic_write import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = REPO / "bundles" / "diffnet_mri_denoising"
@@ -42,20 +42,12 @@ def add_parser(subparsers) -> None:
 
 
 def _write_summary(rows: list[dict], path: Path) -> None:
-    """The CSV, atomically (temporary file in the same folder, then ``os.replace``)."""
+    """The CSV, atomically."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["input", "status", "output", "seconds", "problem"])
     writer.writeheader()
     writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            f.write(text.getvalue())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of the output folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text.getvalue())
 
 
 def _print_failures(rows: list[dict]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -14,24 +13,10 @@ import pandas as pd  # noqa: E402
 from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset  # noqa: E402
 
 from pipeline.compare.methods import LABELS  # noqa: E402
+from pipeline.figures import save_figure  # noqa: E402
 
 METRICS = {"psnr_head": "PSNR head (dB)", "ssim_head": "SSIM head", "psnr_image": "PSNR image (dB)",
            "ssim_image": "SSIM image"}
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def save_figure(fig, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 def summarise(per_subject: pd.DataFrame, parameters: dict[str, int]) -> pd.DataFrame:

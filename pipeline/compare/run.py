@@ -19,7 +19,8 @@ import torch
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.evaluation import NoisySlices, evaluate, load_volumes
 from pipeline.compare.methods import LABELS, Learned, Method, NonLocalMeans, TunedPeronaMalik, build_network
-from pipeline.compare.report import markdown_tables, metrics_figure, summarise, visual_panel, write_atomic
+from pipeline.atomic_write import write_text_atomic
+from pipeline.compare.report import markdown_tables, metrics_figure, summarise, visual_panel
 from pipeline.compare.tracking import ComparisonTracker, default_tracking_uri
 from pipeline.data import load_manifest
 from pipeline.handlers.checkpoint import load_checkpoint
@@ -170,8 +171,8 @@ def write_report(config: CompareConfig, methods: list[Method], rows: list[dict],
     summary = summarise(per_subject, {m.name: m.parameters for m in methods})
     files = {"per_subject": out / "per_subject.csv", "summary": out / "summary.csv", "report": out / "report.md",
              "figure": out / "metrics_vs_level.png"}
-    write_atomic(files["per_subject"], per_subject.to_csv(index=False))
-    write_atomic(files["summary"], summary.to_csv(index=False))
+    write_text_atomic(files["per_subject"], per_subject.to_csv(index=False))
+    write_text_atomic(files["summary"], summary.to_csv(index=False))
     metrics_figure(summary, files["figure"])
     if shown:
         files["panel"] = out / "panel.png"
@@ -188,5 +189,5 @@ def write_report(config: CompareConfig, methods: list[Method], rows: list[dict],
               f"least {ev.min_head:.0%} head, noise seeded ({config.seed}) per volume\n"
               f"- learned methods, one budget: {budget_text(config)}\n"
               f"- classical methods tuned per noise and level on validation subjects: {tuned}\n\n")
-    write_atomic(files["report"], header + markdown_tables(summary))
+    write_text_atomic(files["report"], header + markdown_tables(summary))
     return files

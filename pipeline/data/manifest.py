@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from monai.data import load_decathlon_datalist
+
+from pipeline.atomic_write import write_text_atomic
 
 __all__ = [
     "DEFAULT_SUBJECT_PATTERN",
@@ -211,20 +212,10 @@ def build_manifest(
 
 
 def write_manifest(manifest: dict, path: str | os.PathLike) -> Path:
-    """Write ``manifest`` as JSON to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    """Write ``manifest`` as JSON to ``path`` atomically (see :func:`pipeline.atomic_write.write_text_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

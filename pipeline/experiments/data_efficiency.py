@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from pipeline.compare.evaluation import NoisySlices
-from pipeline.compare.report import save_figure, write_atomic
+from pipeline.atomic_write import write_text_atomic
+from pipeline.figures import save_figure
 from pipeline.experiments.common import (Run, build_network, metric_cells, metrics_row, network_label, parameters,
                                          summarise, training_budget)
 from pipeline.experiments.config import ExperimentConfig
@@ -77,8 +78,8 @@ def run_data_efficiency(config: ExperimentConfig) -> dict:
         summary["train_seconds"] = [seconds.get((m, n)) for m, n in zip(summary["method"], summary["train_slices"])]
         files = {"summary": run.out / "summary.csv", "per_subject": run.out / "per_subject.csv",
                  "report": run.out / "report.md", "figure": run.out / "psnr_vs_size.png"}
-        write_atomic(files["per_subject"], per_subject.to_csv(index=False))
-        write_atomic(files["summary"], summary.to_csv(index=False))
+        write_text_atomic(files["per_subject"], per_subject.to_csv(index=False))
+        write_text_atomic(files["summary"], summary.to_csv(index=False))
         figure(summary, config.unet_preset, files["figure"],
                f"{s.noise} noise {s.level:.0%}: test PSNR against training-set size ({config.training.steps} steps "
                f"each)")
@@ -92,7 +93,7 @@ def run_data_efficiency(config: ExperimentConfig) -> dict:
              "paper (Fig. 10, STL-10, inverting Perona-Malik with 1 % noise, trained to convergence): DiffNet "
              "saturates after 500-1,000 training images, the U-Net needs more data"], len(tests),
             sum(len(clean) for _, _, clean, _ in tests))
-        write_atomic(files["report"], header + "## Test results\n\n" + table + "\n")
+        write_text_atomic(files["report"], header + "## Test results\n\n" + table + "\n")
         for row in summary.itertuples():
             run.tracker.result_run(f"{row.method} n={row.train_slices}", s.noise, s.level,
                                    {"network": row.method, "train_slices": int(row.train_slices),

@@ -49,7 +49,8 @@ import pandas as pd
 import torch
 
 from pipeline.compare.evaluation import NoisySlices
-from pipeline.compare.report import save_figure, write_atomic
+from pipeline.atomic_write import write_text_atomic
+from pipeline.figures import save_figure
 from pipeline.compare.run import load_weights
 from pipeline.experiments.common import Run, build_network, metric_cells, metrics_row, summarise, training_budget
 from pipeline.experiments.config import ExperimentConfig
@@ -158,9 +159,9 @@ def run_interpretation(config: ExperimentConfig) -> dict:
         files = {"smoothing": run.out / "smoothing.csv", "denoising": run.out / "denoising.csv",
                  "per_subject": run.out / "per_subject.csv", "report": run.out / "report.md",
                  "figure": run.out / "smoothing_vs_level.png"}
-        write_atomic(files["smoothing"], smoothing.to_csv(index=False))
-        write_atomic(files["denoising"], denoising.to_csv(index=False))
-        write_atomic(files["per_subject"], per_subject.merge(
+        write_text_atomic(files["smoothing"], smoothing.to_csv(index=False))
+        write_text_atomic(files["denoising"], denoising.to_csv(index=False))
+        write_text_atomic(files["per_subject"], per_subject.merge(
             per_layer.pivot_table(index=["level", "subject"], columns="layer",
                                   values="smoothing_image").add_prefix("smoothing_image_layer").reset_index(),
             on=["level", "subject"], how="left").to_csv(index=False))
@@ -184,7 +185,7 @@ def run_interpretation(config: ExperimentConfig) -> dict:
              "paper (Figs. 11-13): a denoising DiffNet's filter maps per layer and their smoothing level against "
              "the noise level; compare the trend per layer, not the values (other data, training and scale)"],
             len(test.volumes), num_slices)
-        write_atomic(files["report"], header + table)
+        write_text_atomic(files["report"], header + table)
         for level in s.levels:
             block = smoothing[smoothing["level"] == level]
             metrics = {f"{name}_layer{int(k)}": v for k, row in zip(block["layer"], block.itertuples())

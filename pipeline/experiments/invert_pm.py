@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pipeline.compare.report import save_figure, write_atomic
+from pipeline.atomic_write import write_text_atomic
+from pipeline.figures import save_figure
 from pipeline.experiments.common import (Run, build_network, metric_cells, metrics_row, network_label, parameters,
                                          subject_seed, summarise, training_budget)
 from pipeline.experiments.config import ExperimentConfig
@@ -81,8 +82,8 @@ def run_invert_pm(config: ExperimentConfig) -> dict:
                                                                                               summary["noise_sigma"])]
         files = {"summary": run.out / "summary.csv", "per_subject": run.out / "per_subject.csv",
                  "report": run.out / "report.md", "figure": run.out / "panel.png"}
-        write_atomic(files["per_subject"], per_subject.to_csv(index=False))
-        write_atomic(files["summary"], summary.to_csv(index=False))
+        write_text_atomic(files["per_subject"], per_subject.to_csv(index=False))
+        write_text_atomic(files["summary"], summary.to_csv(index=False))
         panel(shown, s.networks, config.unet_preset, files["figure"],
               f"Inverting {s.num_iter} Perona-Malik steps (kappa {s.kappa:g}): first test subject, middle evaluated "
               f"slice; bottom rows: error (image - clean)")
@@ -99,7 +100,7 @@ def run_invert_pm(config: ExperimentConfig) -> dict:
              f"paper's U-Net has 34.5 M parameters" if "unet" in s.networks else "U-Net not run",
              "paper: STL-10 96x96 images, trained to convergence on a GPU; its PSNR is over whole images (compare "
              "with PSNR image)"], len(tests), slices)
-        write_atomic(files["report"], header + "## Test results\n\n" + table + "\n")
+        write_text_atomic(files["report"], header + "## Test results\n\n" + table + "\n")
         for row in summary.itertuples():
             run.tracker.result_run(row.method, "perona_malik+gaussian", row.noise_sigma,
                                    {"label": network_label(row.method, config.unet_preset),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
+
+from pipeline.atomic_write import write_text_atomic
 
 COLUMNS = ("epoch", "iteration", "name", "value")
 
@@ -58,12 +61,11 @@ class MetricsCSV:
             with self.filename.open(newline="", encoding="utf-8") as f:
                 kept = [row for row in csv.DictReader(f) if set(row) == set(COLUMNS)
                         and str(row["epoch"]).isdigit() and int(row["epoch"]) <= engine.state.epoch]
-        tmp = self.filename.with_name(self.filename.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, COLUMNS)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, self.filename)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, COLUMNS)
+        writer.writeheader()
+        writer.writerows(kept)
+        write_text_atomic(self.filename, text.getvalue())
 
     def epoch_started(self, engine: Engine) -> None:
         optimizer = getattr(engine, "optimizer", None)
