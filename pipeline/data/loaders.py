@@ -27,7 +27,7 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from pipeline.transforms import HeadMaskd, MRINoised, RandMRINoised, ScaleToReferenced
+from pipeline.transforms import HeadMaskd, MRINoised, NoiseMapd, RandMRINoised, ScaleToReferenced
 
 __all__ = [
     "axial_slices",
@@ -72,9 +72,10 @@ def volume_transforms(keys: Sequence[str] | str = ("label",), reader=None) -> Co
     )
 
 
-def _patch_pipeline(roi_size: Sequence[int], samples_per_volume: int) -> list:
-    """Pad to at least ``roi_size`` (small volumes keep working), then crop patches centred inside the head."""
-    keys = ["label", MASK_KEY]
+def _patch_pipeline(roi_size: Sequence[int], samples_per_volume: int, keys: Sequence[str] = ("label", MASK_KEY)) -> list:
+    """Pad ``keys`` to at least ``roi_size`` (small volumes keep working), then crop the same patches of each, centred
+    inside the head."""
+    keys = list(keys)
     return [
         SpatialPadd(keys=keys, spatial_size=roi_size),
         RandCropByPosNegLabeld(
@@ -97,15 +98,18 @@ def _dataset(datalist: Sequence[dict], transform: Compose, cache: bool):
 def slice_transforms_2d(
     roi_size: Sequence[int] = (64, 64),
     samples_per_volume: int = 8,
-    noise: str = "rician",
+    noise: str | Sequence[str] = "rician",
     level_range: Sequence[float] = (0.03, 0.15),
     reader=None,
+    noise_map: bool = False,
 ) -> Compose:
     """Training pipeline of 2D axial patches with random noise: ``{"label": path}`` -> a list of
     ``samples_per_volume`` items with ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, roi_h, roi_w)``.
 
     Patches come from axial slices (the last RAS axis), centred on head voxels; the noise level is drawn per patch
-    from ``level_range`` (fraction of the reference intensity, i.e. of 1.0).
+    from ``level_range`` (fraction of the reference intensity, i.e. of 1.0), the model per patch from ``noise``
+    when it lists several. ``noise_map``: ``"image"`` gets the noise-level map as a second channel,
+    ``(2, roi_h, roi_w)``, for noise-aware networks.
     """
     roi_size = tuple(int(s) for s in roi_size)
     if len(roi_size) != 2:
@@ -116,6 +120,7 @@ def slice_transforms_2d(
             *_patch_pipeline((*roi_size, 1), samples_per_volume),
             SqueezeDimd(keys=["label", MASK_KEY], dim=-1),
             RandMRINoised(source_key="label", target_key="image", noise=noise, level_range=tuple(level_range)),
+            *_noise_map(noise_map),
         ]
     )
 
@@ -123,11 +128,13 @@ def slice_transforms_2d(
 def patch_transforms_3d(
     roi_size: Sequence[int] = (48, 48, 48),
     samples_per_volume: int = 4,
-    noise: str = "rician",
+    noise: str | Sequence[str] = "rician",
     level_range: Sequence[float] = (0.03, 0.15),
     reader=None,
+    noise_map: bool = False,
 ) -> Compose:
-    """Training pipeline of 3D patches with random noise: items of shape ``(1, *roi_size)``, centred on the head."""
+    """Training pipeline of 3D patches with random noise: items of shape ``(1, *roi_size)``, centred on the head
+    (``"image"`` ``(2, *roi_size)`` with ``noise_map``, as in :func:`slice_transforms_2d`)."""
     roi_size = tuple(int(s) for s in roi_size)
     if len(roi_size) != 3:
         raise ValueError(f"roi_size must be (h, w, d) for 3D patches, got {roi_size}")
@@ -136,21 +143,29 @@ def patch_transforms_3d(
             *volume_transforms("label", reader=reader).transforms,
             *_patch_pipeline(roi_size, samples_per_volume),
             RandMRINoised(source_key="label", target_key="image", noise=noise, level_range=tuple(level_range)),
+            *_noise_map(noise_map),
         ]
     )
 
 
-def eval_transforms(noise: str = "rician", level: float = 0.05, seed: int = 0, reader=None) -> Compose:
+def eval_transforms(noise: str = "rician", level: float = 0.05, seed: int = 0, reader=None,
+                    noise_map: bool = False) -> Compose:
     """Deterministic evaluation pipeline on whole volumes: ``"label"``, ``"image"``, ``"mask"`` of shape
     ``(1, H, W, D)``. The noise comes from ``MRINoised`` with a fixed ``seed``, so every method (and every epoch)
     sees the identical noisy input. 2D models run on these volumes slice by slice (``monai.inferers.SliceInferer``).
+    ``noise_map``: ``"image"`` gets the true level's map as a second channel, ``(2, H, W, D)``.
     """
     return Compose(
         [
             *volume_transforms("label", reader=reader).transforms,
             MRINoised(source_key="label", target_key="image", noise=noise, level=level, seed=seed),
+            *_noise_map(noise_map),
         ]
     )
+
+
+def _noise_map(enabled: bool) -> list:
+    return [NoiseMapd(keys="image", level_key="noise_level")] if enabled else []
 
 
 def slice_dataset_2d(datalist: Sequence[dict], *args, cache: bool = True, **kwargs):

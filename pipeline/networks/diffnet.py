@@ -57,13 +57,15 @@ class DiffNetLayer(nn.Module):
     (-z, +z)]`` in free mode, ``(B, spatial_dims, *spatial)`` conductances in (0, 1) per axis in diffusion mode.
     """
 
-    def __init__(self, spatial_dims: int, guidance_channels: int, depth: int, channels: int, mode: str) -> None:
+    def __init__(self, spatial_dims: int, guidance_channels: int, depth: int, channels: int, mode: str,
+                 condition_channels: int = 0) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.diffusion = mode == "diffusion"
         self.dt_max = 1.0 / (2 * spatial_dims)
         n_filters = spatial_dims if self.diffusion else 2 * spatial_dims + 1
-        self.estimator = filter_estimator(spatial_dims, 1 + guidance_channels, n_filters, depth, channels)
+        self.estimator = filter_estimator(spatial_dims, 1 + condition_channels + guidance_channels, n_filters, depth,
+                                          channels)
         # free: dt itself (paper); diffusion: logit of dt / dt_max, 0 -> half the stability bound
         self.dt = nn.Parameter(torch.tensor(0.0 if self.diffusion else 0.1))
 
@@ -71,6 +73,7 @@ class DiffNetLayer(nn.Module):
         return self.dt_max * torch.sigmoid(self.dt) if self.diffusion else self.dt
 
     def forward(self, u: torch.Tensor, guide: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``guide``: what the estimator sees beside ``u`` (the noise map and the guidance features), or None."""
         x = u if guide is None else torch.cat([u, guide], dim=1)
         filters = self.estimator(x)
         if self.diffusion:
@@ -89,7 +92,7 @@ class DiffNetLayer(nn.Module):
 
 
 class DiffNet(nn.Module):
-    """Learned unrolled anisotropic diffusion for denoising: ``(B, 1, *spatial)`` -> ``(B, 1, *spatial)``.
+    """Learned unrolled anisotropic diffusion for denoising: ``(B, C, *spatial)`` -> ``(B, 1, *spatial)``.
 
     Args:
         spatial_dims: 2 (slices, 5-point stencil) or 3 (volumes, 7-point stencil).
@@ -100,6 +103,11 @@ class DiffNet(nn.Module):
             Its features are computed once from the noisy input and fed to every estimator.
         mode: ``"free"`` (paper's generalised stencil) or ``"diffusion"`` (conservative, maximum principle).
         final_relu: clamp the output to be non-negative (paper), as magnitude MRI is.
+        noise_map: ``False`` (paper): the input is the image alone, ``C = 1``. ``True``: ``C = 2``, channel 0 the
+            image and channel 1 its noise-level map, sigma / reference intensity per voxel (constant for a volume
+            or spatially varying; :class:`pipeline.transforms.NoiseMapd` adds it). The map is not diffused: every
+            layer's estimator and the guidance encoder see it beside the current state, so the filters adapt to
+            the noise (FFDNet's conditioning), and one model serves every level.
 
     Inputs are intensities normalised to the reference intensity (about 1.0 in tissue); any spatial size and batch
     size, float32 or bfloat16. The paper preset :meth:`paper` has 101,310 parameters in 2D.
@@ -107,7 +115,7 @@ class DiffNet(nn.Module):
 
     def __init__(self, spatial_dims: int = 2, num_layers: int = 5, estimator_depth: int = 4,
                  estimator_channels: int = 32, guidance: bool | GuidanceEncoder = False, mode: str = "free",
-                 final_relu: bool = True) -> None:
+                 final_relu: bool = True, noise_map: bool = False) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
@@ -117,11 +125,17 @@ class DiffNet(nn.Module):
                             ("estimator_channels", estimator_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.in_channels = 2 if noise_map else 1
         if guidance is True:
-            guidance = GuidanceEncoder(spatial_dims)
-        if isinstance(guidance, GuidanceEncoder) and guidance.spatial_dims != spatial_dims:
-            raise ValueError(f"guidance encoder has spatial_dims={guidance.spatial_dims}, DiffNet {spatial_dims}")
+            guidance = GuidanceEncoder(spatial_dims, in_channels=self.in_channels)
+        if isinstance(guidance, GuidanceEncoder):
+            if guidance.spatial_dims != spatial_dims:
+                raise ValueError(f"guidance encoder has spatial_dims={guidance.spatial_dims}, DiffNet {spatial_dims}")
+            if guidance.in_channels != self.in_channels:
+                raise ValueError(f"guidance encoder takes {guidance.in_channels} input channel(s), DiffNet "
+                                 f"{self.in_channels} (noise_map={noise_map})")
         self.spatial_dims = spatial_dims
+        self.noise_map = bool(noise_map)
         self.mode = mode
         self.final_relu = final_relu
         self.use_guidance = isinstance(guidance, GuidanceEncoder)
@@ -129,7 +143,8 @@ class DiffNet(nn.Module):
         self.guidance = guidance if self.use_guidance else nn.Identity()
         guidance_channels = guidance.out_channels if self.use_guidance else 0
         self.layers = nn.ModuleList(
-            DiffNetLayer(spatial_dims, guidance_channels, estimator_depth, estimator_channels, mode)
+            DiffNetLayer(spatial_dims, guidance_channels, estimator_depth, estimator_channels, mode,
+                         condition_channels=self.in_channels - 1)
             for _ in range(num_layers)
         )
 
@@ -147,15 +162,19 @@ class DiffNet(nn.Module):
 
     def forward_with_filters(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Denoised output and the filter maps of every layer (see :class:`DiffNetLayer`), for interpretation."""
-        if x.dim() != self.spatial_dims + 2 or x.size(1) != 1:
+        if x.dim() != self.spatial_dims + 2 or x.size(1) != self.in_channels:
+            what = "image and noise map" if self.noise_map else "image"
             raise ValueError(
-                f"DiffNet({self.spatial_dims}D) expects input of shape (B, 1, *{self.spatial_dims} spatial dims), "
-                f"got {list(x.shape)}"
+                f"DiffNet({self.spatial_dims}D) expects input of shape (B, {self.in_channels}, "
+                f"*{self.spatial_dims} spatial dims) ({what}), got {list(x.shape)}"
             )
-        guide: Optional[torch.Tensor] = None
+        context: List[torch.Tensor] = []
+        if self.noise_map:
+            context.append(x.narrow(1, 1, 1))
         if self.use_guidance:
-            guide = self.guidance(x)
-        u = x
+            context.append(self.guidance(x))
+        guide: Optional[torch.Tensor] = torch.cat(context, dim=1) if len(context) > 0 else None
+        u = x.narrow(1, 0, 1)
         filters: List[torch.Tensor] = []
         for layer in self.layers:
             u, f = layer(u, guide)

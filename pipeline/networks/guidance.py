@@ -48,6 +48,7 @@ class GuidanceEncoder(nn.Module):
         if len(channels) < 1 or min(channels) < 1 or out_channels < 1:
             raise ValueError(f"channels and out_channels must be positive, got {channels}, {out_channels}")
         self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
         self.out_channels = out_channels
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
         scales = []

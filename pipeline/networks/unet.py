@@ -24,21 +24,25 @@ PRESETS: Dict[str, Sequence[int]] = {
 
 
 class ResidualUNet(nn.Module):
-    """``(B, 1, *spatial)`` -> ``(B, 1, *spatial)``: the input plus a U-Net's correction.
+    """``(B, C, *spatial)`` -> ``(B, 1, *spatial)``: the image (channel 0) plus a U-Net's correction.
 
-    ``features`` are the five encoder widths. Any spatial size works: the input is replicate-padded up to a
+    ``features`` are the five encoder widths. ``noise_map=True`` takes ``C = 2``: the image and its noise-level
+    map, as :class:`pipeline.networks.DiffNet` does, so both learned methods are told the same. Any spatial size works: the input is replicate-padded up to a
     multiple of 16 and the output cropped back, so odd sizes such as 90 axial slices need no resampling.
     """
 
-    def __init__(self, spatial_dims: int = 2, features: Sequence[int] = PRESETS["paper"], norm: str = "batch") -> None:
+    def __init__(self, spatial_dims: int = 2, features: Sequence[int] = PRESETS["paper"], norm: str = "batch",
+                 noise_map: bool = False) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if len(features) != 5 or min(features) < 1:
             raise ValueError(f"features must be five positive encoder widths, got {features!r}")
         self.spatial_dims = spatial_dims
+        self.noise_map = bool(noise_map)
+        self.in_channels = 2 if noise_map else 1
         self.multiple = 16  # four stride-2 poolings
-        self.unet = BasicUNet(spatial_dims, 1, 1, features=(*features, features[0]), act="relu", norm=norm)
+        self.unet = BasicUNet(spatial_dims, self.in_channels, 1, features=(*features, features[0]), act="relu", norm=norm)
         for name in ("upcat_4", "upcat_3", "upcat_2", "upcat_1"):
             upsample = getattr(self.unet, name).upsample
             old = upsample.deconv
@@ -47,13 +51,16 @@ class ResidualUNet(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.spatial_dims + 2 or x.size(1) != self.in_channels:
+            raise ValueError(f"ResidualUNet({self.spatial_dims}D) expects input of shape (B, {self.in_channels}, "
+                             f"*{self.spatial_dims} spatial dims), got {list(x.shape)}")
         pad: List[int] = []
         for axis in range(self.spatial_dims - 1, -1, -1):  # F.pad lists the last axis first
             pad += [0, (self.multiple - x.size(2 + axis) % self.multiple) % self.multiple]
         correction = self.unet(F.pad(x, pad, mode="replicate") if sum(pad) > 0 else x)
         for axis in range(self.spatial_dims):
             correction = correction.narrow(2 + axis, 0, x.size(2 + axis))
-        return x + correction
+        return x.narrow(1, 0, 1) + correction
 
 
 def residual_unet(preset: str = "small", spatial_dims: int = 2, **kwargs) -> ResidualUNet:

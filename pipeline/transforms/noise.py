@@ -116,7 +116,7 @@ class RandMRINoised(RandomizableTransform, MapTransform):
     Args:
         source_key: clean image key (``"label"``), channel-first ``(C, *spatial)``, normalised to ``reference``.
         target_key: where the noisy image goes (``"image"``); the source is left untouched.
-        noise: ``"rician"`` or ``"gaussian"``.
+        noise: ``"rician"``, ``"gaussian"``, or a list of them: the model is then drawn per call.
         level_range: ``(low, high)``, 0 <= low <= high; the level (fraction of ``reference``) is drawn uniformly.
         prob: probability of adding noise; otherwise the target is a clean copy and the level recorded is 0.
         reference: reference intensity of the data (1.0 after ``ScaleToReferenced``).
@@ -132,7 +132,7 @@ class RandMRINoised(RandomizableTransform, MapTransform):
         self,
         source_key: str = "label",
         target_key: str = "image",
-        noise: str = "rician",
+        noise: str | Sequence[str] = "rician",
         level_range: Sequence[float] = (0.03, 0.15),
         prob: float = 1.0,
         reference: float = 1.0,
@@ -148,18 +148,26 @@ class RandMRINoised(RandomizableTransform, MapTransform):
             raise ValueError(f"level_range must be ordered (low <= high), got {tuple(level_range)}.")
         self.level_range = (low, high)
         self.source_key, self.target_key, self.level_key = source_key, target_key, level_key
-        self.noiser = MRINoise(noise, level=low, reference=reference)
-        self.noiser.set_random_state(state=self.R)
+        noises = [noise] if isinstance(noise, str) else list(noise)
+        if not noises:
+            raise ValueError("noise must name at least one noise model.")
+        self.noisers = [MRINoise(n, level=low, reference=reference) for n in noises]
+        self.noiser = self.noisers[0]
+        for noiser in self.noisers:
+            noiser.set_random_state(state=self.R)
         self._level = 0.0
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandMRINoised:
         super().set_random_state(seed, state)
-        self.noiser.set_random_state(state=self.R)
+        for noiser in self.noisers:
+            noiser.set_random_state(state=self.R)
         return self
 
     def randomize(self, data=None) -> None:
         super().randomize(None)
         self._level = float(self.R.uniform(*self.level_range)) if self._do_transform else 0.0
+        if len(self.noisers) > 1:  # a single model draws nothing more, so its noise stays as it was
+            self.noiser = self.noisers[self.R.randint(len(self.noisers))]
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
