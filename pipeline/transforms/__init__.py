@@ -13,17 +13,31 @@ from pipeline.transforms.intensity import (
 )
 from pipeline.transforms.io import AtomicSaveImage, AtomicSaveImaged
 from pipeline.transforms.noise import MRINoise, MRINoised, RandMRINoised
+from pipeline.transforms.noise_estimation import (
+    EstimateNoiseLevel,
+    EstimateNoiseLeveld,
+    NoiseEstimate,
+    NoiseEstimateWarning,
+    RecordNoiseLeveld,
+)
+from pipeline.transforms.noise_map import NoiseMapd
 
 __all__ = [
     "AtomicSaveImage",
     "AtomicSaveImaged",
+    "EstimateNoiseLevel",
+    "EstimateNoiseLeveld",
     "HeadMask",
     "HeadMaskd",
     "MRINoise",
     "MRINoised",
+    "NoiseEstimate",
+    "NoiseEstimateWarning",
+    "NoiseMapd",
     "PeronaMalikDegrade",
     "PeronaMalikDegraded",
     "RandMRINoised",
+    "RecordNoiseLeveld",
     "RestoreIntensityd",
     "ScaleToReference",
     "ScaleToReferenced",

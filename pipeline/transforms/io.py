@@ -7,11 +7,25 @@ import os
 import uuid
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 from monai.data import MetaTensor
 from monai.transforms import SaveImage, SaveImaged
 from monai.utils import MetaKeys
 
+from pipeline.transforms.noise_estimation import DESCRIPTION_KEY
+
 __all__ = ["AtomicSaveImage", "AtomicSaveImaged"]
+
+
+def _write_description(path: Path, text: str | None) -> None:
+    """Store ``text`` in the ``descrip`` field of a NIfTI file's header (MONAI's writer leaves it empty)."""
+    if not text or not path.name.endswith((".nii", ".nii.gz")):
+        return
+    image = nib.load(str(path))
+    image = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header)
+    image.header["descrip"] = text.encode("ascii", "replace")[:79]
+    nib.save(image, str(path))
 
 
 class AtomicSaveImage(SaveImage):
@@ -33,6 +47,7 @@ class AtomicSaveImage(SaveImage):
         self.write_kwargs["verbose"] = False  # log the final name, not the temporary one
         try:
             super().__call__(img, meta_data, filename=partial)
+            _write_description(temporary, (meta_data or {}).get(DESCRIPTION_KEY))
             os.replace(temporary, final)
         except Exception as e:
             temporary.unlink(missing_ok=True)
