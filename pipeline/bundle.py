@@ -123,6 +123,16 @@ def inference_datalist(dataset_dir: str | os.PathLike, output_dir: str | os.Path
     return items
 
 
+def inference_network(network: nn.Module, ckpt_path: str | os.PathLike, load_weights=True, device="cpu") -> nn.Module:
+    """``network`` on ``device`` in eval mode, with the weights of ``ckpt_path`` when ``load_weights`` (a checkpoint
+    that is a state dict or holds one under ``"model"``, loaded weights-only; a clear error naming the file)."""
+    from pipeline.handlers.checkpoint import load_weights as load
+
+    if as_bool(load_weights):
+        load(network, str(ckpt_path))
+    return network.to(device).eval()
+
+
 def training_space_mb(network: nn.Module, kept_checkpoints: int = 1, margin_mb: float = 50.0) -> float:
     """Free disk space (MB) a training needs in ``output_dir``: ``kept_checkpoints`` epoch checkpoints (float32
     weights plus Adam's two moments each), one more being written before the oldest is removed, ``model.pt``, and

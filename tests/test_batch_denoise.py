@@ -51,8 +51,8 @@ def test_folder_with_good_and_bad_volumes(tmp_path, ixi_dir):
     env = {k: v for k, v in os.environ.items() if k != "PIPELINE_DATA_ROOT"}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "pipeline", "denoise", str(scans), "--out", str(out),
-                           "--device", "cpu"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          encoding="utf-8", errors="replace", timeout=300)
+                           "--device", "cpu", "--noise-level", "0.03"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, encoding="utf-8", errors="replace", timeout=300)
     log = proc.stdout
     assert proc.returncode == 1, log
 
@@ -68,6 +68,11 @@ def test_folder_with_good_and_bad_volumes(tmp_path, ixi_dir):
 
     summary = read_summary(out)
     assert [summary[p.name]["status"] for p in good] == ["ok", "ok"]
+    assert [(summary[p.name]["noise_level"], summary[p.name]["noise_level_method"]) for p in good] == [
+        ("0.03000", "given")] * 2  # --noise-level overrides the estimate
+    assert "noise level 3.00% (given)" in log
+    descrip = nib.load(str(out / good[0].name.replace(".nii.gz", "_denoised.nii.gz"))).header["descrip"]
+    assert descrip.tobytes().rstrip(b"\0") == b"denoised; noise level 0.0300 (given)"
     assert summary["broken.nii.gz"]["status"] == "failed"
     assert summary["broken.nii.gz"]["problem"].startswith(f"{scans / 'broken.nii.gz'}: is a truncated or corrupt gzip")
     assert summary["mixed_series"]["status"] == "failed"
@@ -81,6 +86,64 @@ def test_folder_with_good_and_bad_volumes(tmp_path, ixi_dir):
     everything = log + (out / "denoise_summary.csv").read_text(encoding="utf-8")
     for secret in (PATIENT_NAME, PATIENT_ID, "Doe", "Jane", BIRTH_DATE):
         assert secret not in everything, f"{secret!r} was printed or written"
+
+
+def test_bundle_inference_skips_bad_files_and_estimates_the_noise_level(tmp_path, ixi_dir):
+    """``monai.bundle run inference`` over a folder of good and bad files (the MONAI user with 500 scans and a few
+    bad ones): every good file is denoised with the noise level estimated from it, printed and recorded (summary CSV
+    and NIfTI descrip); every bad file is named with its problem; exit status 1 at the end, no traceback."""
+    from pipeline.transforms import MRINoise
+
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    scans.mkdir()
+    image = nib.load(str(sorted(ixi_dir.glob("*.nii.gz"))[0]))
+    data = np.asarray(image.dataobj, dtype=np.float32)[..., 40:52]  # a 12-slice slab keeps the air around the head
+    reference = float(np.percentile(data[data > 0.1 * data.max()], 99))
+    noisy = MRINoise("rician", 0.05, reference=reference).set_random_state(0)(data[None])[0].numpy()
+    for name in ("a_scan.nii.gz", "c_scan.nii.gz"):
+        nib.save(nib.Nifti1Image(noisy, image.affine), str(scans / name))
+    raw = (scans / "a_scan.nii.gz").read_bytes()
+    (scans / "b_truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    (scans / "d_empty.nii.gz").write_bytes(b"")
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), str(scans / "e_nan.nii.gz"))
+
+    bundle = REPO / "bundles" / "diffnet_mri_denoising"
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+                           str(bundle / "configs" / "inference.yaml"), "--bundle_root", str(bundle), "--dataset_dir",
+                           str(scans), "--output_dir", str(out), "--device", "$torch.device('cpu')"], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, encoding="utf-8", errors="replace", timeout=600)
+    log = proc.stdout
+    assert proc.returncode == 1, log[-3000:]
+    assert "Traceback" not in log, log[-5000:]
+    assert sorted(p.name for p in out.iterdir()) == ["a_scan_denoised.nii.gz", "c_scan_denoised.nii.gz",
+                                                      "denoise_summary.csv"]
+    summary = read_summary(out)
+    assert sorted(summary) == sorted(p.name for p in scans.iterdir())  # a row per input
+    for bad, problem in (("b_truncated.nii.gz", "truncated or corrupt"), ("d_empty.nii.gz", "is empty"),
+                         ("e_nan.nii.gz", "NaN")):
+        assert summary[bad]["status"] == "failed" and problem in summary[bad]["problem"]
+        assert f"{scans / bad}: " in log and bad in log[log.index("3 failed"):]
+    for good in ("a_scan.nii.gz", "c_scan.nii.gz"):
+        row = summary[good]
+        assert row["status"] == "ok" and row["noise_level_method"] == "background"
+        # sigma relative to the noisy scan's own reference intensity: a little below 5 %
+        assert float(row["noise_level"]) == pytest.approx(0.05, rel=0.15)
+        assert f"noise level {float(row['noise_level']):.2%} (background)" in log
+        result = nib.load(str(out / good.replace(".nii.gz", "_denoised.nii.gz")))
+        assert result.shape == noisy.shape and np.allclose(result.affine, image.affine, atol=1e-4)
+        assert result.header["descrip"].tobytes().startswith(b"denoised; noise level 0.0")
+
+    # --noise_level overrides the estimate (one file given as dataset_dir)
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+                           str(bundle / "configs" / "inference.yaml"), "--bundle_root", str(bundle), "--dataset_dir",
+                           str(scans / "a_scan.nii.gz"), "--output_dir", str(tmp_path / "given"), "--noise_level",
+                           "0.08", "--device", "$torch.device('cpu')"], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, encoding="utf-8", errors="replace", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "noise level 8.00% (given)" in proc.stdout
+    assert read_summary(tmp_path / "given")["a_scan.nii.gz"]["noise_level"] == "0.08000"
 
 
 def _half_written(filename) -> None:

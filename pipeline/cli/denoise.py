@@ -3,26 +3,20 @@ model, skipping bad files.
 
 The pipeline is the bundle's own ``configs/inference.yaml`` (read with ``pipeline.bundle.read_bundle_config``, which says so): checked
 loading (:class:`pipeline.data.LoadVolumed`), RAS orientation, head mask, scaling to the reference intensity,
-slice-by-slice DiffNet, intensity restored, back to the input's orientation, float32 NIfTI
-``<name>_denoised.nii.gz`` with the input's affine, written under a temporary name and renamed when complete.
-A bad file is reported and skipped; the others are still denoised. One progress line per file; at the end a table
-of the failures, also written (atomically) to ``OUT_DIR/denoise_summary.csv`` with one row per input. Exit status
-1 if any file failed, else 0.
+the noise level estimated per file (or ``--noise-level``), slice-by-slice DiffNet, intensity restored, back to the
+input's orientation, float32 NIfTI ``<name>_denoised.nii.gz`` with the input's affine, written under a temporary
+name and renamed when complete. The file loop is :func:`pipeline.inference.denoise_volumes`, shared with the
+bundle's ``inference``: a bad file is reported and skipped, the others are still denoised; one progress line per
+file with its noise level; at the end a table of the failures, also written (atomically) to
+``OUT_DIR/denoise_summary.csv`` with one row per input. Exit status 1 if any file failed, else 0.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import time
-import warnings
 from pathlib import Path
-
-from pipeline.atomic_write import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = REPO / "bundles" / "diffnet_mri_denoising"
-SUMMARY = "denoise_summary.csv"
 
 
 def add_parser(subparsers) -> None:
@@ -38,38 +32,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA if available)")
     p.add_argument("--max-memory-gb", type=float, default=None,
                    help="refuse volumes whose denoising would need more memory (default: the bundle's, 8)")
+    p.add_argument("--noise-level", "--noise_level", type=float, default=None, metavar="LEVEL",
+                   help="noise sigma as a fraction of the reference intensity (e.g. 0.05) for every input; "
+                        "default: estimated per file from the scan")
     p.set_defaults(func=run)
 
 
-def _write_summary(rows: list[dict], path: Path) -> None:
-    """The CSV, atomically."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["input", "status", "output", "seconds", "problem"])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, text.getvalue())
-
-
-def _print_failures(rows: list[dict]) -> None:
-    failed = [r for r in rows if r["status"] != "ok"]
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} volume(s) denoised, {len(failed)} failed")
-    if failed:
-        width = max(len(Path(r["input"]).name) for r in failed)
-        print(f"{'input':<{width}}  problem")
-        for r in failed:
-            name = Path(r["input"]).name
-            problem = r["problem"][len(r["input"]) + 2:] if r["problem"].startswith(r["input"]) else r["problem"]
-            print(f"{name:<{width}}  {problem}")
-
-
 def run(args) -> int:
-    import torch
-    from monai.data import decollate_batch, list_data_collate
-
-    from pipeline.bundle import as_bool, inference_datalist, read_bundle_config
-    from pipeline.handlers.checkpoint import load_checkpoint
-    from pipeline.data.checks import VolumeWarning, describe_error
-    from pipeline.data.manifest import volume_stem
+    from pipeline.bundle import inference_datalist, inference_network, read_bundle_config
+    from pipeline.inference import DenoiseFailed, denoise_volumes
 
     bundle, out = Path(args.bundle), Path(args.out)
     config = bundle / "configs" / "inference.yaml"
@@ -81,48 +52,17 @@ def run(args) -> int:
         parser["device"] = f"$torch.device({args.device!r})"
     if args.max_memory_gb is not None:
         parser["max_memory_gb"] = float(args.max_memory_gb)
+    if args.noise_level is not None:
+        parser["noise_level"] = float(args.noise_level)
     device = parser.get_parsed_content("device")
-    network = parser.get_parsed_content("network_def")
-    if as_bool(parser.get_parsed_content("load_weights")):
-        ckpt = parser.get_parsed_content("ckpt_path")
-        network.load_state_dict(load_checkpoint(ckpt, map_location="cpu"))
-    network = network.to(device).eval()
-    preprocessing = parser.get_parsed_content("preprocessing")
-    inferer = parser.get_parsed_content("inferer")
-    postprocessing = parser.get_parsed_content("postprocessing")  # its Invertd undoes this same `preprocessing`
-    out.mkdir(parents=True, exist_ok=True)
-
-    rows: list[dict] = []
+    network = inference_network(parser.get_parsed_content("network_def"), parser.get_parsed_content("ckpt_path"),
+                                parser.get_parsed_content("load_weights"), device)
     try:
-        for i, item in enumerate(items, 1):
-            path = item["image"]
-            start = time.perf_counter()
-            output = out / f"{volume_stem(path)}_denoised.nii.gz"
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    data = preprocessing(dict(item))
-                    batch = list_data_collate([data])
-                    with torch.no_grad():
-                        batch["pred"] = inferer(batch["image"].to(device), network)
-                    for decollated in decollate_batch(batch, detach=True):
-                        postprocessing(decollated)
-                notes = [str(w.message) for w in caught if issubclass(w.category, VolumeWarning)]
-                row = {"status": "ok", "output": str(output), "problem": "; ".join(notes)}
-                line = f"denoised -> {output}" + "".join(f"\n    warning: {n}" for n in notes)
-            except Exception as err:  # noqa: BLE001 - a bad file is reported and skipped, whatever failed
-                row = {"status": "failed", "output": "", "problem": describe_error(err, path)}
-                line = f"FAILED: {row['problem']}"
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            seconds = time.perf_counter() - start
-            rows.append({"input": path, **row, "seconds": f"{seconds:.1f}"})
-            print(f"[{i}/{len(items)}] {path}: {line} ({seconds:.1f} s)", flush=True)
+        # its postprocessing's Invertd undoes this same preprocessing
+        denoise_volumes(items, parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer"),
+                        network, parser.get_parsed_content("postprocessing"), out, device)
+    except DenoiseFailed:
+        return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted after {len(rows)} of {len(items)} volume(s); no partial output was left", flush=True)
-        _write_summary(rows, out / SUMMARY)
         return 130
-    _write_summary(rows, out / SUMMARY)
-    _print_failures(rows)
-    print(f"summary written to {out / SUMMARY}")
-    return 1 if any(r["status"] != "ok" for r in rows) else 0
+    return 0

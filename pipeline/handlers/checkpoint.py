@@ -93,3 +93,17 @@ class SafeCheckpointLoader(CheckpointLoader):
             if clear is None:
                 raise
             raise clear from None
+
+
+def load_weights(network: torch.nn.Module, path: str) -> None:
+    """Load a state dict (or a checkpoint holding one under ``"model"``) with ``weights_only=True`` into
+    ``network``; clear errors for a missing file or weights of another network."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    state = load_checkpoint(path, map_location="cpu")
+    try:
+        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    except (RuntimeError, AttributeError, TypeError) as err:
+        raise ValueError(f"checkpoint {path} does not hold weights of this network: {err}") from None
