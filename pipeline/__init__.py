@@ -7,7 +7,11 @@ Sub-modules load on first use, so ``import pipeline`` stays cheap and bundle con
 import importlib
 import importlib.util
 
-__version__ = "0.1.0"
+from pipeline.quiet import silence_nvimgcodec_notices
+
+__version__ = "0.2.0"
+
+silence_nvimgcodec_notices()  # MONAI's nvImageCodec notices, printed by every loader, say nothing to our users
 
 
 def __getattr__(name: str):

@@ -24,6 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pipeline.compare.tracking import ui_hint
     from pipeline.experiments import load_config, run_experiment  # heavy imports only when the command runs
 
     config = load_config(args.config, checkpoint=args.checkpoint, output_dir=args.output_dir,
@@ -36,5 +37,5 @@ def run(args) -> int:
     print(f"\nfinished in {result['minutes']:.1f} min")
     for name, path in result["files"].items():
         print(f"{name + ':':13s}{path.resolve()}")
-    print(f"MLflow:      mlflow ui --backend-store-uri {result['tracking_uri']}   (then open http://127.0.0.1:5000)")
+    print(ui_hint(result["tracking_uri"], config.experiment))
     return 0

@@ -10,10 +10,10 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from pipeline.compare.methods import LABELS  # noqa: E402
-from pipeline.figures import save_figure  # noqa: E402
+from pipeline.figures import radiological, save_figure  # noqa: E402
 
 METRICS = {"psnr_head": "PSNR head (dB)", "ssim_head": "SSIM head", "psnr_image": "PSNR image (dB)",
            "ssim_image": "SSIM image"}
@@ -21,8 +21,10 @@ METRICS = {"psnr_head": "PSNR head (dB)", "ssim_head": "SSIM head", "psnr_image"
 
 def summarise(per_subject: pd.DataFrame, parameters: dict[str, int]) -> pd.DataFrame:
     """Mean and standard deviation over subjects of every metric, the median seconds per volume and the parameter
-    count, one row per (method, noise, level), in the order methods were given."""
-    grouped = per_subject.groupby(["method", "noise", "level"], sort=False)
+    count, one row per (method, noise, level[, sigma]), in the order methods were given; ``sigma`` is "oracle" (true
+    noise level given) or "blind" (estimated level given)."""
+    keys = ["method", "noise", "level"] + (["sigma"] if "sigma" in per_subject else [])
+    grouped = per_subject.groupby(keys, sort=False)
     summary = grouped[list(METRICS)].agg(["mean", "std"])
     summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
     summary["seconds_per_volume"] = grouped["seconds_per_volume"].median()
@@ -39,13 +41,17 @@ def markdown_tables(summary: pd.DataFrame) -> str:
     methods = list(dict.fromkeys(summary["method"]))
     for metric, title in METRICS.items():
         digits = 2 if metric.startswith("psnr") else 3
-        for noise, block in summary.groupby("noise", sort=False):
+        by = ["noise", "sigma"] if "sigma" in summary else ["noise"]
+        for key, block in summary.groupby(by, sort=False):
+            noise, sigma = (key, None) if isinstance(key, str) else (key[0], key[1] if len(key) > 1 else None)
             cells = block.assign(cell=[f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in
                                        zip(block[f"{metric}_mean"], block[f"{metric}_std"].fillna(0))])
             table = cells.pivot(index="method", columns="level", values="cell").reindex(methods)
             table.columns = [f"{level:.0%}" for level in table.columns]
             table.index = [LABELS[m] for m in table.index]
-            parts.append(f"### {title}, {noise} noise (mean ± std over subjects)\n\n{table.to_markdown()}\n")
+            given = {"oracle": ", true noise level given (oracle)",
+                     "blind": ", noise level estimated from each volume (blind)"}.get(sigma, "")
+            parts.append(f"### {title}, {noise} noise{given} (mean ± std over subjects)\n\n{table.to_markdown()}\n")
     costs = summary.groupby("method", sort=False).agg(parameters=("parameters", "first"),
                                                       seconds=("seconds_per_volume", "median"))
     costs.index = [LABELS[m] for m in costs.index]
@@ -55,22 +61,41 @@ def markdown_tables(summary: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def metrics_figure(summary: pd.DataFrame, path: Path) -> Path:
-    """PSNR and SSIM inside the head against noise level, one line per method (error bars: std over subjects),
-    one row per noise model."""
+# one (marker, dash pattern) per method, in the order methods were given; colours follow matplotlib's cycle
+STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", (0, (6, 2))), ("P", (0, (3, 1, 1, 1))),
+          ("X", (0, (1, 1))), ("*", (0, (8, 2, 1, 2)))]
+
+
+def metrics_plot(summary: pd.DataFrame) -> plt.Figure:
+    """PSNR and SSIM inside the head against noise level, one line per method (error bars: std over subjects), one
+    row per noise model. Each method has its own colour, marker and dash pattern, and its points are shifted a little
+    sideways so that methods with close values do not hide each other; the x ticks are the evaluated levels."""
     noises = list(dict.fromkeys(summary["noise"]))
-    fig, axes = plt.subplots(len(noises), 2, figsize=(11, 4 * len(noises)), squeeze=False)
+    methods = list(dict.fromkeys(summary["method"]))
+    levels = np.round(100 * np.sort(summary["level"].unique()), 6)
+    spacing = np.diff(levels).min() if len(levels) > 1 else 1.0
+    shift = 0.2 * spacing / max(len(methods) - 1, 1)  # all methods together span a fifth of the closest levels' gap
+    fig, axes = plt.subplots(len(noises), 2, figsize=(11, 4 * len(noises) + 0.8), squeeze=False,
+                             layout="constrained")
     for row, noise in zip(axes, noises):
         for ax, metric in zip(row, ("psnr_head", "ssim_head")):
-            for method, block in summary[summary["noise"] == noise].groupby("method", sort=False):
-                ax.errorbar(100 * block["level"], block[f"{metric}_mean"], yerr=block[f"{metric}_std"].fillna(0),
-                            marker="o", capsize=3, label=LABELS[method])
+            for i, method in enumerate(methods):
+                block = summary[(summary["noise"] == noise) & (summary["method"] == method)].sort_values("level")
+                marker, dashes = STYLES[i % len(STYLES)]
+                ax.errorbar(100 * block["level"] + (i - (len(methods) - 1) / 2) * shift, block[f"{metric}_mean"],
+                            yerr=block[f"{metric}_std"].fillna(0), color=f"C{i}", marker=marker, linestyle=dashes,
+                            capsize=3, label=LABELS[method])
+            ax.set_xticks(levels, [f"{level:g} %" for level in levels])
             ax.set_xlabel(f"{noise} noise level (% of reference intensity)")
             ax.set_ylabel(METRICS[metric])
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(methods), 4))
+    return fig
+
+
+def metrics_figure(summary: pd.DataFrame, path: Path) -> Path:
+    """Write :func:`metrics_plot` as a PNG: the figure that compares the methods at every evaluated level."""
+    return save_figure(metrics_plot(summary), path)
 
 
 def detail_box(clean: np.ndarray, mask: np.ndarray, size: int = 32) -> tuple[int, int]:
@@ -88,30 +113,48 @@ def detail_box(clean: np.ndarray, mask: np.ndarray, size: int = 32) -> tuple[int
     return corner
 
 
+TILE = 3.5  # inches per tile: 385 px wide at save_figure's 110 dpi
+
+
+def panel_plot(shown: dict, method_names: list[str], title: str, size: int = 32) -> plt.Figure:
+    """One axial slice in the radiological convention (anterior up, the patient's right on the left), a column each
+    for the clean slice, the noisy input and every method's output. Rows: the whole slice (the yellow box marks the
+    zoomed window), a zoom on the most detailed ``size`` x ``size`` window inside the head, and the residual
+    (image - clean); under the clean slice, the residuals' colour scale.
+
+    ``shown`` holds ``(1, H, W)`` slices of a RAS-oriented volume under ``"clean"``, ``"mask"``, ``"noisy"`` and
+    each method's name (as :func:`pipeline.compare.evaluation.evaluate` returns them)."""
+    names = ["clean", "noisy"] + [m for m in method_names if m != "noisy"]
+    images = {name: radiological(shown[name][0].numpy()) for name in names}
+    labels = {**LABELS, "clean": "clean (reference)"}
+    clean = images["clean"]
+    top, left = detail_box(clean, radiological(shown["mask"][0].numpy()), size)
+    aspect = clean.shape[0] / clean.shape[1]
+    fig, axes = plt.subplot_mosaic(
+        [names, [f"{name} zoom" for name in names], ["scale"] + [f"{name} residual" for name in names[1:]]],
+        figsize=(TILE * len(names), TILE * (2 * aspect + 1) + 1.2), height_ratios=[aspect, 1, aspect],
+        layout="constrained")
+    for name in names:
+        whole, zoom = axes[name], axes[f"{name} zoom"]
+        whole.imshow(images[name], cmap="gray", vmin=0, vmax=1.2)
+        whole.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="yellow", lw=1.2))
+        whole.set_title(labels[name])
+        zoom.imshow(images[name][top:top + size, left:left + size], cmap="gray", vmin=0, vmax=1.2,
+                    interpolation="nearest")
+        zoom.set_title(f"zoom: {labels[name]}")
+        if name != "clean":
+            residual = axes[f"{name} residual"]
+            shown_residual = residual.imshow(images[name] - clean, cmap="RdBu_r", vmin=-0.15, vmax=0.15)
+            residual.set_title(f"residual: {labels[name]}")
+    scale = axes["scale"]
+    fig.colorbar(shown_residual, cax=scale.inset_axes([0.42, 0.05, 0.12, 0.9]),
+                 label="residual = image - clean")
+    for ax in axes.values():
+        ax.axis("off")
+    fig.suptitle(title)
+    return fig
+
+
 def visual_panel(shown: dict, method_names: list[str], path: Path, title: str, size: int = 32) -> Path:
-    """Top row: clean, noisy and every method's output with a zoomed inset on the most detailed part of the head;
-    bottom row: residuals (image - clean)."""
-    clean, mask = shown["clean"][0].numpy(), shown["mask"][0].numpy()
-    top, left = detail_box(clean, mask, size)
-    columns = ["clean", "noisy"] + [m for m in method_names if m != "noisy"]
-    fig, axes = plt.subplots(2, len(columns), figsize=(2.6 * len(columns), 5.6), squeeze=False)
-    for col, name in enumerate(columns):
-        img = shown[name][0].numpy()
-        ax = axes[0, col]
-        ax.imshow(img, cmap="gray", vmin=0, vmax=1.2, origin="lower")
-        ax.set_title("clean" if name == "clean" else LABELS[name], fontsize=8)
-        zoom = inset_axes(ax, width="45%", height="45%", loc="lower right", borderpad=0.2)
-        zoom.imshow(img, cmap="gray", vmin=0, vmax=1.2, origin="lower")
-        zoom.set_xlim(left, left + size)
-        zoom.set_ylim(top, top + size)
-        zoom.set_xticks([])
-        zoom.set_yticks([])
-        mark_inset(ax, zoom, loc1=2, loc2=4, fc="none", ec="yellow", lw=0.8)
-        residual = axes[1, col]
-        shown_residual = residual.imshow(img - clean, cmap="RdBu_r", vmin=-0.15, vmax=0.15, origin="lower")
-        residual.set_title("residual" if name != "clean" else "residual scale", fontsize=8)
-        for a in (ax, residual):
-            a.axis("off")
-    fig.colorbar(shown_residual, ax=axes[1, :].tolist(), fraction=0.02)
-    fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
+    """Write :func:`panel_plot` as a PNG."""
+    return save_figure(panel_plot(shown, method_names, title, size), path)
