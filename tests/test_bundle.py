@@ -34,7 +34,7 @@ BUNDLE = "bundles/diffnet_mri_denoising"
 CONFIGS = f"{BUNDLE}/configs"
 METADATA = REPO / CONFIGS / "metadata.json"
 EXPERIMENT = "diffnet_mri_denoising"
-DIFFNET_PARAMETERS = 194838  # DiffNet(2, guidance=True), the bundle's network_def
+DIFFNET_PARAMETERS = 196422  # DiffNet(2, guidance=True, noise_map=True), the bundle's network_def
 # what every training run gets: a couple of volumes, one epoch, validated (and model.pt saved) after every epoch
 SMALL_TRAINING = ["--num_train_volumes", "2", "--num_val_volumes", "1", "--patches_per_volume", "4",
                   "--val_interval", "1", "--epochs", "1"]
@@ -115,7 +115,7 @@ def sha256(path: Path) -> str:
 
 
 def load_diffnet(path: Path) -> DiffNet:
-    net = DiffNet(2, guidance=True)
+    net = DiffNet(2, guidance=True, noise_map=True)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict: every key, no "module."
     return net.eval()
 
@@ -207,7 +207,9 @@ def test_metadata_and_workflow_properties(ixi, work):
         for key in ("type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range",
                     "is_patch_data", "channel_def"):
             assert key in item, f"network_data_format.{section}.{name} lacks {key!r}"
-        assert item["modality"] == "MR" and item["num_channels"] == 1 and item["dtype"] == "float32"
+        # the input is the image and its noise-level map, the output the denoised image
+        assert item["modality"] == "MR" and item["num_channels"] == {"inputs": 2, "outputs": 1}[section]
+        assert item["dtype"] == "float32" and len(item["channel_def"]) == item["num_channels"]
         assert len(item["spatial_shape"]) == 2, "the network is 2D (spatial_dims 2)"
 
     train = yaml.safe_load((REPO / CONFIGS / "train.yaml").read_text(encoding="utf-8"))
@@ -456,7 +458,7 @@ def test_3d_diffnet_trains_and_denoises_with_a_sliding_window(ixi, work, small_n
                                   output_dir=out, **small_net) + SMALL_TRAINING, work / "train_3d.log")
     assert_ok(proc)
     assert "val_psnr_head" in proc.stdout
-    DiffNet(3, num_layers=2, estimator_channels=8, guidance=True).load_state_dict(
+    DiffNet(3, num_layers=2, estimator_channels=8, guidance=True, noise_map=True).load_state_dict(
         torch.load(out / "model.pt", weights_only=True))
     denoised = work / "infer_3d"
     proc = run_bundle(bundle_args("run inference", "inference.yaml", "methods/diffnet_3d.yaml",
@@ -513,7 +515,7 @@ def test_unet_baseline_trains_into_the_same_experiment(trained, ixi, work, track
                                   tracking="mlflow", tracking_uri=tracking_uri) + SMALL_TRAINING, work / "unet.log")
     assert_ok(proc)
     assert (out / "model.pt").is_file(), f"outputs: {sorted(p.name for p in out.iterdir())}{tail(proc)}"
-    net = residual_unet(preset="small", spatial_dims=2)
+    net = residual_unet(preset="small", spatial_dims=2, noise_map=True)
     net.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
 
     name = (out / "train_mlflow_run_name.txt").read_text(encoding="utf-8").strip()
@@ -590,7 +592,7 @@ def test_ckpt_export_to_torchscript_matches_eager(model_pt, work):
     scripted = torch.jit.load(str(target), map_location="cpu", _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.loads(METADATA.read_text(encoding="utf-8"))["version"]
     eager = load_diffnet(model_pt)
-    x = torch.rand(1, 1, 96, 96, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 2, 96, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = eager(x), scripted(x)
     assert got.shape == (1, 1, 96, 96)

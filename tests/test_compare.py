@@ -17,9 +17,11 @@ from conftest import REPO
 from pipeline.compare import load_config, run_comparison
 
 METHODS = ["noisy", "perona_malik", "nl_means", "diffnet_paper", "diffnet_guided", "unet"]
+LEVEL_METHODS = ["perona_malik", "nl_means", "diffnet_guided", "unet"]  # run with the true and the estimated level
 LEVELS = [0.05, 0.15]
-NOISES = ["rician", "gaussian"]
-SUBJECTS = 2
+NOISES = ["rician"]
+SUBJECTS = 1
+BUNDLE = REPO / "bundles" / "diffnet_mri_denoising"
 
 
 def tiny_config(tmp_path, ixi_dir, **changes) -> dict:
@@ -30,8 +32,8 @@ def tiny_config(tmp_path, ixi_dir, **changes) -> dict:
         "output_dir": str(tmp_path / "out"),
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "methods": METHODS,
-        "evaluation": {"noises": NOISES, "levels": LEVELS, "num_subjects": SUBJECTS, "slice_every": 20},
-        "training": {"num_volumes": 2, "steps": 3, "batch_size": 4, "patch_size": 32},
+        "evaluation": {"noises": NOISES, "levels": LEVELS, "num_subjects": SUBJECTS},
+        "training": {"epochs": 1, "num_volumes": 2, "num_val_volumes": 1},
         "tuning": {"num_volumes": 1, "nl_means_h": [0.8, 1.0]},  # Perona-Malik tuned here (no file)
     }
     config.update(changes)
@@ -47,7 +49,7 @@ def compared(tmp_path_factory, ixi_dir):
     # under an ASCII-only locale (as on some CI machines and servers): the files must still be written as UTF-8
     ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
     proc = subprocess.run([sys.executable, "-m", "pipeline", "compare", "--config", str(config)], cwd=REPO,
-                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900,
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=1200,
                           env=ascii_locale)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return tmp_path, proc
@@ -57,26 +59,55 @@ def test_compare_tables(compared):
     tmp_path, proc = compared
     out = tmp_path / "out"
     per_subject = pd.read_csv(out / "per_subject.csv")
-    assert len(per_subject) == len(METHODS) * len(NOISES) * len(LEVELS) * SUBJECTS
-    assert per_subject.groupby(["method", "noise", "level"]).size().eq(SUBJECTS).all()
-    summary = pd.read_csv(out / "summary.csv").set_index(["method", "noise", "level"])
-    for column in ("psnr_head_mean", "psnr_head_std", "ssim_head_mean", "psnr_image_mean", "ssim_image_std",
+    assert len(per_subject) == len(METHODS) * len(NOISES) * len(LEVELS) * SUBJECTS * 2  # oracle and blind rows
+    assert per_subject.groupby(["method", "noise", "level", "sigma"]).size().eq(SUBJECTS).all()
+    # blind rows give the estimated level, within 10 % of the truth; level-free methods have one run for both
+    blind = per_subject[(per_subject.sigma == "blind") & per_subject.method.isin(LEVEL_METHODS)]
+    assert ((blind.level_used - blind.level).abs() <= 0.1 * blind.level).all()
+    assert per_subject[per_subject.method == "diffnet_paper"].level_used.isna().all()
+    summary = pd.read_csv(out / "summary.csv").set_index(["method", "noise", "level", "sigma"])
+    for column in ("psnr_head_mean", "ssim_head_mean", "psnr_image_mean", "ssim_image_mean",
                    "seconds_per_volume", "parameters"):
         assert summary[column].notna().all(), column
     noisy = summary.loc["noisy"]
     # the same seeded noise for every method: more noise, lower PSNR; tuned Perona-Malik beats the noisy input
-    assert (noisy.loc[("rician", 0.05), "psnr_head_mean"] > noisy.loc[("rician", 0.15), "psnr_head_mean"] + 6)
-    assert (summary.loc[("perona_malik", "rician", 0.15), "psnr_head_mean"]
-            > noisy.loc[("rician", 0.15), "psnr_head_mean"])
-    assert summary.loc[("diffnet_paper", "rician", 0.05), "parameters"] == 101310
-    assert summary.loc[("noisy", "rician", 0.05), "parameters"] == 0
+    assert noisy.loc[("rician", 0.05, "blind"), "psnr_head_mean"] > noisy.loc[("rician", 0.15, "blind"),
+                                                                              "psnr_head_mean"] + 6
+    for sigma in ("oracle", "blind"):
+        assert (summary.loc[("perona_malik", "rician", 0.15, sigma), "psnr_head_mean"]
+                > noisy.loc[("rician", 0.15, sigma), "psnr_head_mean"])
+    assert summary.loc[("diffnet_paper", "rician", 0.05, "blind"), "parameters"] == 101310
+    assert summary.loc[("noisy", "rician", 0.05, "oracle"), "parameters"] == 0
+    # whole volumes: each method's time is measured on the volume it denoised
+    assert summary.loc[("diffnet_guided", "rician", 0.05, "blind"), "seconds_per_volume"] > 0.1
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert "DiffNet + guidance" in report and "± " in report and "hardware:" in report and "3 Adam steps" in report
-    # the printed table ends with the paths of the report and the figures
+    assert "DiffNet + guidance" in report and "± " in report and "hardware:" in report and "1 epochs" in report
+    assert "(blind)" in report and "(oracle)" in report and "whole volumes" in report
+    # the printed tables end with the paths of the report and the figures
     assert "PSNR inside the head" in proc.stdout and str(out / "metrics_vs_level.png") in proc.stdout
-    for name in ("diffnet_paper", "diffnet_guided", "unet"):
-        assert (out / "models" / f"{name}.pt").stat().st_size > 0
+    for name in ("diffnet_paper", "diffnet_guided", "unet"):  # trained by the bundle's workflow
+        assert (out / "models" / name / "model.pt").stat().st_size > 0
+        assert (out / "models" / name / "train_metrics.csv").is_file()
     assert not list(out.rglob("*.tmp*"))
+
+
+def test_compare_and_bundle_evaluation_give_the_same_psnr(compared, ixi_dir):
+    """The comparison's DiffNet row is the bundle's model: ``monai.bundle run evaluating`` of the checkpoint the
+    comparison trained gives the same PSNR in the head on the same test volume and noise."""
+    tmp_path, _ = compared
+    out = tmp_path / "bundle_eval"
+    configs = f"['{BUNDLE}/configs/train.yaml','{BUNDLE}/configs/evaluate.yaml']"
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", configs,
+                           "--bundle_root", str(BUNDLE), "--dataset_dir", str(ixi_dir), "--output_dir", str(out),
+                           "--ckpt_path", str(tmp_path / "out" / "models" / "diffnet_guided" / "model.pt"),
+                           "--num_test_volumes", str(SUBJECTS), "--test_level", "0.05",
+                           "--device", "$torch.device('cpu')"],
+                          cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    bundle_psnr = pd.read_csv(out / "test_psnr_head_raw.csv")  # filename, value per test volume
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index(["method", "noise", "level", "sigma"])
+    compared_psnr = summary.loc[("diffnet_guided", "rician", 0.05, "oracle"), "psnr_head_mean"]
+    assert bundle_psnr.iloc[:, 1].astype(float).mean() == pytest.approx(compared_psnr, abs=1e-3)
 
 
 def test_compare_figures(compared):
@@ -87,39 +118,42 @@ def test_compare_figures(compared):
 
 
 def test_compare_mlflow_runs(compared):
-    tmp_path, _ = compared
+    tmp_path, proc = compared
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("diffnet_mri_compare")
     runs = client.search_runs([experiment.experiment_id], max_results=500)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("mlflow.runName", "")
+               .startswith("tiny ")]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    results = [r for r in children if not r.info.run_name.startswith("train ")]
-    trainings = [r for r in children if r.info.run_name.startswith("train ")]
-    assert len(results) == len(METHODS) * len(NOISES) * len(LEVELS)
-    assert {r.info.run_name.split(" ")[1] for r in trainings} == {"diffnet_paper", "diffnet_guided", "unet"}
-    run = next(r for r in results if r.data.params["method"] == "perona_malik" and r.data.params["noise"] == "rician"
-               and float(r.data.params["level"]) == 0.05)
+    results = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(results) == len(METHODS) * len(NOISES) * len(LEVELS) * 2  # oracle and blind
+    # the learned methods were trained by the bundle's workflow, its MLflow runs in the same experiment
+    trainings = {r.data.params.get("method") for r in runs if r.info.run_name.split("-")[1:2] == ["train"]}
+    assert {"diffnet_paper", "diffnet_guided", "unet_residual"} <= trainings
+    run = next(r for r in results if r.data.params["method"] == "perona_malik"
+               and r.data.params["sigma"] == "blind" and r.data.params["noise"] == "rician" and float(r.data.params["level"]) == 0.05)
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
-    row = summary[(summary.method == "perona_malik") & (summary.noise == "rician") & (summary.level == 0.05)]
+    row = summary[(summary.method == "perona_malik") & (summary.noise == "rician") & (summary.level == 0.05)
+                  & (summary.sigma == "blind")]
     assert run.data.metrics["psnr_head_mean"] == pytest.approx(row["psnr_head_mean"].item())
-    assert "kappa" in run.data.params
-    assert any(a.path == "panel.png" for a in client.list_artifacts(run.info.run_id))
-    assert {"report.md", "summary.csv", "metrics_vs_level.png"} <= {
+    assert "kappa" in run.data.params and run.data.params["sigma"] == "blind"
+    assert not client.list_artifacts(run.info.run_id)  # figures are logged once, on the parent
+    assert {"report.md", "summary.csv", "metrics_vs_level.png", "panel.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)}
-    history = client.get_metric_history(trainings[0].info.run_id, "train_loss")
-    assert history and history[-1].step == 3
+    # the printed hint serves the store with this Python and opens the runs table on this comparison's view
+    assert f"-m mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in proc.stdout
+    assert f"viewStateShareKey=results-{parent.info.run_id}" in proc.stdout
+    assert f"mlflow.sharedViewState.results-{parent.info.run_id}" in experiment.tags
 
 
 def test_unreachable_mlflow_server_warns_and_keeps_results(tmp_path, ixi_dir):
     config = load_config(tiny_config(tmp_path, ixi_dir, methods=["noisy", "perona_malik"],
                                      tracking_uri="http://127.0.0.1:9",
-                                     evaluation={"noises": ["rician"], "levels": [0.05], "num_subjects": 1,
-                                                 "slice_every": 30}))
+                                     evaluation={"noises": ["rician"], "levels": [0.05], "num_subjects": 1}))
     with pytest.warns(UserWarning, match="MLflow tracking at http://127.0.0.1:9 failed"):
         result = run_comparison(config)
-    assert len(pd.read_csv(result["files"]["per_subject"])) == 2
+    assert len(pd.read_csv(result["files"]["per_subject"])) == 4  # two methods, oracle and blind
 
 
 @pytest.mark.parametrize("change, message", [
@@ -148,8 +182,7 @@ def test_interrupted_comparison_marks_its_mlflow_run_failed(tmp_path, ixi_dir, m
 
     monkeypatch.setattr("pipeline.compare.run.evaluate", interrupted)
     config = load_config(tiny_config(tmp_path, ixi_dir, methods=["noisy"],
-                                     evaluation={"noises": ["rician"], "levels": [0.05], "num_subjects": 1,
-                                                 "slice_every": 30}))
+                                     evaluation={"noises": ["rician"], "levels": [0.05], "num_subjects": 1}))
     with pytest.raises(KeyboardInterrupt):
         run_comparison(config)
     client = MlflowClient(config.tracking_uri)

@@ -6,9 +6,10 @@ from __future__ import annotations
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "compare", help="compare DiffNet, U-Net, Perona-Malik, non-local means and the noisy input on test subjects",
-        description="Train the learned methods on one budget, tune the classical ones on validation subjects, "
-                    "evaluate all on the same seeded noisy test slices; write CSV/Markdown tables, figures and "
-                    "MLflow runs (one parent run, a child run per method, noise and level).",
+        description="Load (or train with the bundle's training workflow) the learned methods, tune the classical "
+                    "ones on validation subjects, evaluate all on the same seeded noisy whole test volumes, with the "
+                    "true and with the estimated noise level; write CSV/Markdown tables, figures and MLflow runs "
+                    "(one parent run, a child run per method, noise, level and oracle/blind).",
     )
     p.add_argument("--config", default="configs/compare_quick.yaml",
                    help="comparison config, plain YAML (default: %(default)s)")
@@ -23,23 +24,25 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from pipeline.compare import load_config, run_comparison  # heavy imports only when the command runs
     from pipeline.compare.methods import LABELS
+    from pipeline.compare.tracking import ui_hint
 
     config = load_config(args.config, output_dir=args.output_dir, data_root=args.data_root,
                          tracking_uri=args.tracking_uri, device=args.device)
     result = run_comparison(config)
     summary = result["summary"]
-    for noise, block in summary.groupby("noise", sort=False):
+    given = {"blind": "noise level estimated from each volume (blind)", "oracle": "true noise level given (oracle)"}
+    for (noise, sigma), block in summary.groupby(["noise", "sigma"], sort=False):
         table = block.pivot(index="method", columns="level", values="psnr_head_mean")
         table = table.reindex(list(dict.fromkeys(block["method"])))
         table.index = [LABELS[m] for m in table.index]
         table.columns = [f"{level:.0%}" for level in table.columns]
-        print(f"\nPSNR inside the head (dB), mean over {int(block['subjects'].max())} test subjects, {noise} noise:")
+        print(f"\nPSNR inside the head (dB), mean over {int(block['subjects'].max())} whole test volumes, {noise} "
+              f"noise, {given[sigma]}:")
         print(table.to_string(float_format=lambda v: f"{v:.2f}"))
     files = result["files"]
     print(f"\nfinished in {result['minutes']:.1f} min")
     print(f"report:  {files['report'].resolve()}")
     print(f"figures: {files['figure'].resolve()}" + (f"\n         {files['panel'].resolve()}" if "panel" in files
                                                        else ""))
-    uri = result["tracking_uri"]
-    print(f"MLflow:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+    print(ui_hint(result["tracking_uri"], config.experiment))
     return 0

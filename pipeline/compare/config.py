@@ -15,7 +15,8 @@ import yaml
 
 from pipeline.transforms.noise import NOISE_MODELS
 
-METHODS = ("noisy", "perona_malik", "nl_means", "diffnet_paper", "diffnet_guided", "diffnet_diffusion", "unet")
+CLASSICAL = ("perona_malik", "nl_means", "bm4d", "ants", "dipy_nlmeans")
+METHODS = ("noisy", *CLASSICAL, "diffnet_paper", "diffnet_guided", "diffnet_diffusion", "unet")
 LEARNED = ("diffnet_paper", "diffnet_guided", "diffnet_diffusion", "unet")
 
 
@@ -23,22 +24,24 @@ LEARNED = ("diffnet_paper", "diffnet_guided", "diffnet_diffusion", "unet")
 class Evaluation:
     noises: list[str] = field(default_factory=lambda: list(NOISE_MODELS))
     levels: list[float] = field(default_factory=lambda: [0.03, 0.05, 0.07, 0.09, 0.15])
-    num_subjects: int | None = None  # None: every test subject of the manifest
-    slice_every: int = 6  # every n-th axial slice ...
-    min_head: float = 0.25  # ... whose head mask covers at least this fraction of the slice
+    num_subjects: int | None = None  # None: every test subject of the manifest (whole volumes)
     panel_noise: str = "rician"
     panel_level: float = 0.05
 
 
 @dataclass
 class Training:
+    """Learned methods without a checkpoint are trained by the bundle's training workflow (configs/train.yaml and
+    the method's file): its recipe, with these settings (bundle config ids) changed for every learned method."""
+
+    epochs: int = 80
     num_volumes: int | None = None  # None: every training subject
-    steps: int = 600
-    batch_size: int = 16
-    patch_size: int = 64
-    lr: float = 1e-3
-    noises: list[str] = field(default_factory=lambda: list(NOISE_MODELS))
-    level_range: list[float] = field(default_factory=lambda: [0.02, 0.16])
+    num_val_volumes: int = 6  # validation subjects that pick the checkpoint
+    overrides: dict = field(default_factory=dict)  # any other bundle config id, e.g. {learning_rate: 0.002}
+
+    def bundle_overrides(self) -> dict:
+        return {"epochs": self.epochs, "val_interval": self.epochs, "num_train_volumes": self.num_volumes,
+                "num_val_volumes": self.num_val_volumes, **self.overrides}
 
 
 @dataclass
@@ -71,7 +74,7 @@ class CompareConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty list from {METHODS}, got unknown {unknown}")
-        for noise in self.evaluation.noises + self.training.noises:
+        for noise in self.evaluation.noises:
             if noise not in NOISE_MODELS:
                 raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if not self.evaluation.levels or not all(0 < lv < 1 for lv in self.evaluation.levels):

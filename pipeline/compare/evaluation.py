@@ -1,25 +1,29 @@
-"""Evaluation of every method on the same seeded noisy test slices, per subject.
+"""Evaluation of every method on the same seeded noisy whole test volumes, as a user would run them: with the true
+noise level (oracle) and with the level the project's estimator finds in each noisy volume (blind).
 
-Noise is added to whole volumes by ``MRINoised`` (seeded by the run's seed and the file name), then every
-``slice_every``-th axial slice with enough head is kept, so all methods see bit-identical inputs. Per subject:
+Noise is added to whole volumes by ``MRINoised`` (seeded by the seed and the file name), so every method sees
+bit-identical inputs. Per subject, over the whole volume, with the functions of the bundle's ``ImageQuality``
+handler (so a checkpoint scores the same here as in ``monai.bundle run evaluating``):
 
-- PSNR over all voxels of its evaluated slices (inside the head mask, and over the whole slices);
-- SSIM (2D, window 11) averaged over its evaluated slices, inside the head mask and over the whole slices;
-- seconds per volume: the time to denoise its evaluated slices, scaled to the volume's number of axial slices.
+- PSNR and SSIM inside the head mask, and over the whole image;
+- seconds to denoise that volume, measured on it.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
 
 from pipeline.compare.methods import Method
-from pipeline.data.loaders import axial_slices, volume_transforms
+from pipeline.data.loaders import volume_transforms
 from pipeline.metrics import psnr, ssim
-from pipeline.transforms import MRINoised
+from pipeline.transforms import EstimateNoiseLevel, MRINoised, NoiseEstimateWarning
+
+MODES = ("oracle", "blind")
 
 
 def load_volumes(datalist: Sequence[dict], desc: str) -> list[dict]:
@@ -33,58 +37,74 @@ def load_volumes(datalist: Sequence[dict], desc: str) -> list[dict]:
     return volumes
 
 
-class NoisySlices:
-    """Seeded noisy slices of loaded volumes: ``per_volume(noise, level)`` yields ``(volume, (noisy, clean,
-    mask))`` for each volume; ``pooled(noise, level)`` stacks the slices of all volumes (for tuning)."""
+class NoisyVolumes:
+    """Seeded noisy copies of loaded volumes. Calling it with ``(noise, level)`` gives ``[(noisy, clean, mask)]``,
+    each ``(1, H, W, D)`` (the :data:`pipeline.compare.methods.Validation` form); the last condition is cached."""
 
-    def __init__(self, volumes: list[dict], seed: int, every: int, min_head: float) -> None:
-        self.volumes, self.seed, self.every, self.min_head = volumes, seed, every, min_head
+    def __init__(self, volumes: list[dict], seed: int) -> None:
+        self.volumes, self.seed = volumes, seed
+        self._cached: tuple[tuple[str, float], list] | None = None
 
-    def per_volume(self, noise: str, level: float):
-        noiser = MRINoised(source_key="label", target_key="image", noise=noise, level=level, seed=self.seed)
-        for volume in self.volumes:
-            yield volume, axial_slices([noiser(volume)], self.every, self.min_head)
-
-    def pooled(self, noise: str, level: float):
-        parts = [slices for _, slices in self.per_volume(noise, level)]
-        return tuple(torch.cat(ts) for ts in zip(*parts))
-
-
-def as_volume(slices: torch.Tensor) -> torch.Tensor:
-    """``(N, 1, H, W)`` slices -> one ``(1, 1, H, W, N)`` volume, so PSNR pools the error over all of them."""
-    return slices.permute(1, 2, 3, 0).unsqueeze(0)
+    def __call__(self, noise: str, level: float) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if self._cached is None or self._cached[0] != (noise, level):
+            noiser = MRINoised(source_key="label", target_key="image", noise=noise, level=level, seed=self.seed)
+            triples = []
+            for volume in self.volumes:
+                item = noiser(volume)
+                triples.append(tuple(torch.as_tensor(item[k]).float() for k in ("image", "label", "mask")))
+            self._cached = ((noise, level), triples)
+        return self._cached[1]
 
 
-def subject_metrics(out: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> dict:
+def volume_metrics(out: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> dict:
+    """PSNR and SSIM of one ``(1, H, W, D)`` volume, inside the head and over the image."""
+    out, clean, mask = out[None].float(), clean[None], mask[None]
     return {
-        "psnr_head": psnr(as_volume(out), as_volume(clean), as_volume(mask)).item(),
-        "ssim_head": ssim(out, clean, mask).mean().item(),
-        "psnr_image": psnr(as_volume(out), as_volume(clean)).item(),
-        "ssim_image": ssim(out, clean).mean().item(),
+        "psnr_head": psnr(out, clean, mask).item(),
+        "ssim_head": ssim(out, clean, mask).item(),
+        "psnr_image": psnr(out, clean).item(),
+        "ssim_image": ssim(out, clean).item(),
     }
 
 
-def evaluate(methods: Sequence[Method], test: NoisySlices, noises: Sequence[str], levels: Sequence[float],
+def estimate_level(noisy: torch.Tensor, fallback: float) -> float:
+    """The project's blind estimate of the noise level of a normalised volume (``fallback`` if it cannot tell)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoiseEstimateWarning)
+        sigma = EstimateNoiseLevel()(noisy).sigma
+    return fallback if sigma is None else sigma
+
+
+def evaluate(methods: Sequence[Method], test: NoisyVolumes, noises: Sequence[str], levels: Sequence[float],
              panel: tuple[str, float] | None = None) -> tuple[list[dict], dict]:
-    """Rows ``{method, noise, level, subject, psnr_head, ssim_head, psnr_image, ssim_image, seconds_per_volume}``
-    and, for the ``panel`` condition, the middle evaluated slice of the first subject: ``{"clean", "noisy",
-    <method name>: output}`` (each ``(1, H, W)``)."""
+    """Rows ``{method, noise, level, sigma, level_used, subject, psnr_head, ssim_head, psnr_image, ssim_image,
+    seconds_per_volume}``, ``sigma`` being "oracle" (the true level given) or "blind" (the estimated level given).
+    A method whose output does not depend on the level runs once, and its row stands for both. For the ``panel``
+    condition, the middle axial slice of the first subject: ``{"clean", "noisy", "mask", <method name>: blind
+    output}`` (each ``(1, H, W)``)."""
     rows, shown = [], {}
     conditions = [(noise, level) for noise in noises for level in levels]
     for noise, level in tqdm(conditions, desc="evaluating", unit="condition"):
-        for i, (volume, (noisy, clean, mask)) in enumerate(test.per_volume(noise, level)):
+        for i, ((noisy, clean, mask), volume) in enumerate(zip(test(noise, level), test.volumes)):
+            estimated = estimate_level(noisy, level)
             show = i == 0 and (noise, level) == panel
+            z = clean.shape[-1] // 2
             if show:
-                k = len(clean) // 2
-                shown.update(clean=clean[k], noisy=noisy[k], mask=mask[k])
+                shown.update(clean=clean[..., z], noisy=noisy[..., z], mask=mask[..., z])
             for method in methods:
-                start = time.perf_counter()
-                out = method.denoise(noisy, noise, level)
-                seconds = (time.perf_counter() - start) * volume["label"].shape[-1] / len(noisy)
-                if not torch.isfinite(out).all():
-                    raise FloatingPointError(f"{method.label} produced NaN/Inf on {volume['subject']}")
-                rows.append({"method": method.name, "noise": noise, "level": level, "subject": volume["subject"],
-                             **subject_metrics(out, clean, mask), "seconds_per_volume": seconds})
-                if show:
-                    shown[method.name] = out[len(clean) // 2]
+                runs = {"oracle": level, "blind": estimated} if method.uses_level else {"blind": estimated}
+                for mode, given in runs.items():
+                    start = time.perf_counter()
+                    out = method.denoise(noisy, noise, given)
+                    seconds = time.perf_counter() - start
+                    if not torch.isfinite(out).all():
+                        raise FloatingPointError(f"{method.label} produced NaN/Inf on {volume['subject']}")
+                    row = {"method": method.name, "noise": noise, "level": level,
+                           "level_used": given if method.uses_level else float("nan"),
+                           "subject": volume["subject"], **volume_metrics(out, clean, mask),
+                           "seconds_per_volume": seconds}
+                    modes = [mode] if method.uses_level else list(MODES)
+                    rows += [{**row, "sigma": m} for m in modes]
+                    if show and mode == "blind":
+                        shown[method.name] = out[..., z]
     return rows, shown

@@ -1,9 +1,10 @@
-"""``run_comparison(config)``: train the learned methods on one budget, tune the classical ones on validation
-subjects, evaluate all on the same seeded noisy test slices, and write the report and the MLflow runs.
+"""``run_comparison(config)``: load (or train, with the bundle's training workflow) the learned methods, tune the
+classical ones on validation subjects, evaluate all on the same seeded noisy whole test volumes, with the true and
+with the estimated noise level, and write the report and the MLflow runs.
 
 Everything goes to ``config.output_dir``: ``per_subject.csv``, ``summary.csv``, ``report.md``,
-``metrics_vs_level.png``, ``panel.png`` and ``models/<method>.pt`` (state dicts), each written under a temporary name
-and renamed when complete.
+``metrics_vs_level.png``, ``panel.png`` (each written under a temporary name and renamed when complete) and
+``models/<method>/`` (the bundle training's outputs: checkpoints, ``model.pt``, metrics CSV).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import pandas as pd
 import torch
 
 from pipeline.compare.config import CompareConfig
-from pipeline.compare.evaluation import NoisySlices, evaluate, load_volumes
-from pipeline.compare.methods import LABELS, Learned, Method, NonLocalMeans, TunedPeronaMalik, build_network
+from pipeline.compare.evaluation import NoisyVolumes, evaluate, load_volumes
+from pipeline.compare.learned import load_learned, train_tracked
+from pipeline.compare.methods import LABELS, Method, NonLocalMeans, TunedPeronaMalik
 from pipeline.atomic_write import write_text_atomic
 from pipeline.compare.report import markdown_tables, metrics_figure, summarise, visual_panel
 from pipeline.compare.tracking import ComparisonTracker, default_tracking_uri
 from pipeline.data import load_manifest
-from pipeline.handlers.checkpoint import load_checkpoint
-from pipeline.training import SliceBank, noise_degradation, train_network
 
 
 def hardware() -> str:
@@ -55,56 +55,47 @@ def check_output_dir(path: Path) -> None:
         raise ValueError(f"output folder {path} is not writable: {err.strerror or err}") from None
 
 
-def load_weights(network: torch.nn.Module, path: str) -> None:
-    """Load a state dict (or a checkpoint holding one under ``"model"``) with ``weights_only=True``."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    state = load_checkpoint(path, map_location="cpu")
-    try:
-        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    except (RuntimeError, AttributeError, TypeError) as err:
-        raise ValueError(f"checkpoint {path} does not hold weights of this network: {err}") from None
-
-
-def save_weights(network: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(network.state_dict(), tmp)
-    os.replace(tmp, path)
-
-
 def budget_text(config: CompareConfig) -> str:
     t = config.training
-    return (f"{t.steps} Adam steps x {t.batch_size} patches of {t.patch_size}x{t.patch_size} (lr {t.lr:g}, cosine), "
-            f"{'+'.join(t.noises)} noise at {t.level_range[0]:.0%}-{t.level_range[1]:.0%}, loss weighted by "
-            f"1/level^2")
+    loaded = ", ".join(f"{LABELS[m]} from {p}" for m, p in config.checkpoints.items() if m in config.learned)
+    trained = [LABELS[m] for m in config.learned if m not in config.checkpoints]
+    parts = [f"loaded: {loaded}"] if loaded else []
+    if trained:
+        parts.append(f"trained here by the bundle's training workflow (configs/train.yaml recipe, {t.epochs} epochs, "
+                     f"{t.num_volumes or 'all'} training subjects{', ' + str(t.overrides) if t.overrides else ''}): "
+                     + ", ".join(trained))
+    return "; ".join(parts)
 
 
-def learned_methods(config: CompareConfig, train: list[dict], device: torch.device, tracker: ComparisonTracker,
-                    models_dir: Path) -> list[Learned]:
-    """Load or train (one shared budget and data) every learned method of the config."""
-    to_train = [m for m in config.learned if m not in config.checkpoints]
-    bank = SliceBank.from_datalist(train) if to_train else None
-    if bank is not None:
-        print(f"training data: {len(bank)} axial slices of {len(train)} training volumes", flush=True)
-    t = config.training
-    methods = []
+def learned_methods(config: CompareConfig, device: torch.device, tracker: ComparisonTracker, models_dir: Path) -> dict:
+    """Load (``checkpoints``) or train with the bundle's workflow (each into a child run) every learned method."""
+    data = {"manifest": str(Path(config.manifest).resolve()), "seed": config.seed,
+            "device": f"$torch.device('{device}')", "amp": device.type == "cuda",
+            **({"dataset_dir": str(Path(config.data_root).resolve())} if config.data_root else {})}
+    methods = {}
     for name in config.learned:
-        network = build_network(name, config.unet_preset)
-        if name in config.checkpoints:
-            load_weights(network, config.checkpoints[name])
-            network.to(device)
-        else:
-            log, finish = tracker.training_run(name, {"steps": t.steps, "batch_size": t.batch_size,
-                                                      "patch_size": t.patch_size, "lr": t.lr})
-            result = train_network(network, bank, noise_degradation(t.noises, t.level_range), t.steps,
-                                   t.batch_size, t.patch_size, t.lr, config.seed, device, desc=f"training {name}",
-                                   on_log=log)
-            finish(result)
-            print(f"trained {LABELS[name]} in {result['seconds']:.0f} s (final loss {result['final_loss']:.3g})",
-                  flush=True)
-            save_weights(network, models_dir / f"{name}.pt")
-        methods.append(Learned(name, network, device))
+        checkpoint = config.checkpoints.get(name)
+        if checkpoint is None:
+            checkpoint, _ = train_tracked(tracker, name, name, models_dir / name, {"label": LABELS[name]},
+                                          **data, **config.training.bundle_overrides())
+        methods[name] = load_learned(name, checkpoint, device)
     return methods
+
+
+def classical_method(name: str, config: CompareConfig) -> Method | None:
+    """The classical method ``name``, or None (with a note) when its optional package is missing."""
+    tu = config.tuning
+    if name == "perona_malik":
+        return TunedPeronaMalik(tu.perona_malik_file)
+    if name == "nl_means":
+        return NonLocalMeans(tu.nl_means_h)
+    from pipeline.compare import classical
+
+    note = classical.available(name)
+    if note:
+        print(f"skipping {LABELS[name]}: {note}", flush=True)
+        return None
+    return classical.METHODS[name]()
 
 
 def run_comparison(config: CompareConfig) -> dict:
@@ -115,7 +106,6 @@ def run_comparison(config: CompareConfig) -> dict:
     (out / "models").mkdir(exist_ok=True)
     device = resolve_device(config.device)
     ev, tu = config.evaluation, config.tuning
-    train = load_manifest(config.manifest, "training", config.data_root)[:config.training.num_volumes]
     validation = load_manifest(config.manifest, "validation", config.data_root)[:tu.num_volumes]
     test = load_manifest(config.manifest, "test", config.data_root)[:ev.num_subjects]
     if not test:
@@ -125,40 +115,31 @@ def run_comparison(config: CompareConfig) -> dict:
                                 {"config": config.as_dict(), "hardware": hardware(), "budget": budget_text(config),
                                  "test_subjects": len(test)})
     with tracker.failed_on_error():
+        learned = learned_methods(config, device, tracker, out / "models")
         methods: list[Method] = []
-        learned = {m.name: m for m in learned_methods(config, train, device, tracker, out / "models")}
         for name in config.methods:
-            if name == "noisy":
-                methods.append(Method("noisy"))
-            elif name == "perona_malik":
-                methods.append(TunedPeronaMalik(tu.perona_malik_file))
-            elif name == "nl_means":
-                methods.append(NonLocalMeans(tu.nl_means_h))
-            else:
-                methods.append(learned[name])
-        needs_validation = "nl_means" in config.methods or ("perona_malik" in config.methods
-                                                            and not tu.perona_malik_file)
-        val = NoisySlices(load_volumes(validation, "loading validation volumes") if needs_validation else [],
-                          config.seed + 1, ev.slice_every, ev.min_head)
+            method = Method("noisy") if name == "noisy" else learned.get(name) or classical_method(name, config)
+            if method is not None:
+                methods.append(method)
+        # validation noise is seeded like the bundle's validation (seed), test noise like its evaluation (seed + 1)
+        val = NoisyVolumes(load_volumes(validation, "loading validation volumes"), config.seed)
         for noise in ev.noises:
             for level in ev.levels:
                 for method in methods:
-                    method.tune(noise, level, val.pooled)
-        test_slices = NoisySlices(load_volumes(test, "loading test volumes"), config.seed, ev.slice_every,
-                                  ev.min_head)
+                    method.tune(noise, level, val)
+        test_volumes = NoisyVolumes(load_volumes(test, "loading test volumes"), config.seed + 1)
         panel_condition = (ev.panel_noise, ev.panel_level)
-        rows, shown = evaluate(methods, test_slices, ev.noises, ev.levels, panel_condition)
+        rows, shown = evaluate(methods, test_volumes, ev.noises, ev.levels, panel_condition)
         files = write_report(config, methods, rows, shown, out, started, len(test))
         summary = pd.read_csv(files["summary"])
         for row in summary.itertuples():
             method = next(m for m in methods if m.name == row.method)
             metrics = {k: getattr(row, k) for k in summary.columns
                        if k.endswith(("_mean", "_std")) or k == "seconds_per_volume"}
-            artifacts = [files["panel"]] if (row.noise, row.level) == panel_condition and "panel" in files else []
             tracker.result_run(row.method, row.noise, row.level,
-                               {"label": LABELS[row.method], "parameters": int(row.parameters),
+                               {"label": LABELS[row.method], "sigma": row.sigma, "parameters": int(row.parameters),
                                 **{k: v for k, v in method.settings.get((row.noise, row.level), {}).items()}},
-                               {k: v for k, v in metrics.items() if pd.notna(v)}, artifacts)
+                               {k: v for k, v in metrics.items() if pd.notna(v)}, [])
         tracker.finish({"minutes": (datetime.datetime.now() - started).total_seconds() / 60},
                        [p for p in files.values()])
     return {"summary": summary, "files": files, "tracking_uri": tracking_uri,
@@ -173,21 +154,21 @@ def write_report(config: CompareConfig, methods: list[Method], rows: list[dict],
              "figure": out / "metrics_vs_level.png"}
     write_text_atomic(files["per_subject"], per_subject.to_csv(index=False))
     write_text_atomic(files["summary"], summary.to_csv(index=False))
-    metrics_figure(summary, files["figure"])
+    metrics_figure(summary[summary["sigma"] == "blind"], files["figure"])  # what a user gets
     if shown:
         files["panel"] = out / "panel.png"
         visual_panel(shown, [m.name for m in methods], files["panel"],
                      f"{config.evaluation.panel_noise} noise {config.evaluation.panel_level:.0%}, "
-                     f"first test subject, middle evaluated axial slice")
-    ev = config.evaluation
+                     f"first test subject, middle axial slice")
     tuned = "; ".join(f"{m.label}: " + ", ".join(f"{n} {lv:.0%} {s}" for (n, lv), s in m.settings.items())
                       for m in methods if m.settings)
     header = (f"# Comparison `{config.name}`\n\n"
               f"- date: {started:%Y-%m-%d %H:%M}, wall time {(datetime.datetime.now() - started).total_seconds() / 60:.1f} min\n"
               f"- hardware: {hardware()}\n"
-              f"- test: {num_test} subjects of `{config.manifest}`, every {ev.slice_every}th axial slice with at "
-              f"least {ev.min_head:.0%} head, noise seeded ({config.seed}) per volume\n"
-              f"- learned methods, one budget: {budget_text(config)}\n"
+              f"- test: {num_test} subjects of `{config.manifest}`, whole volumes, noise seeded ({config.seed + 1}) "
+              f"per volume; every method that takes a noise level is run with the true level (oracle) and with "
+              f"the level estimated from the noisy volume (blind)\n"
+              f"- learned methods: {budget_text(config)}\n"
               f"- classical methods tuned per noise and level on validation subjects: {tuned}\n\n")
     write_text_atomic(files["report"], header + markdown_tables(summary))
     return files

@@ -1,53 +1,69 @@
-"""What the paper experiments share: output folder, device, MLflow parent run, training with a child run, test
-slices of held-out subjects, per-subject metrics and the report header.
+"""What the paper experiments share: output folder, device, MLflow parent run, training by the bundle's workflow
+with a child run, test slices of held-out subjects, per-subject metrics and the report header.
 
-Test slices are chosen as in the method comparison (:mod:`pipeline.compare`): every ``slice_every``-th axial slice
-of each test subject whose head mask covers at least ``min_head`` of it. Metrics per subject are those of
-:func:`pipeline.compare.evaluation.subject_metrics`: PSNR pooled over all evaluated slices of the subject and SSIM
-averaged over them, over the whole slices (``*_image``) and inside the head mask (``*_head``); tables give the mean
-and standard deviation over subjects.
+Every network is trained by the bundle's training workflow (``configs/train.yaml`` plus the network's method file,
+run in-process by :func:`pipeline.compare.learned.train_learned`), the one training recipe of the project, with the
+config's budget (:class:`pipeline.experiments.config.Training`) and the experiment's data as bundle overrides. The
+networks are the paper's 1-channel ones: DiffNet's paper preset and the residual U-Net without a noise map.
+
+Test slices are chosen as in the earlier slice-based comparison: every ``slice_every``-th axial slice of each test
+subject whose head mask covers at least ``min_head`` of it, after the degradation (noise, Perona-Malik) was applied
+to the whole volume with seed ``seed + 1`` (the bundle's validation uses ``seed``). Metrics per subject: PSNR pooled
+over all evaluated slices of the subject and SSIM (2D) averaged over them, over the whole slices (``*_image``) and
+inside the head mask (``*_head``); tables give the mean and standard deviation over subjects.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime
-import zlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
-from pipeline.compare.evaluation import load_volumes, subject_metrics
-from pipeline.compare.run import check_output_dir, hardware, resolve_device, save_weights
+from pipeline.compare.evaluation import load_volumes
+from pipeline.compare.learned import BUNDLE, load_learned, train_tracked
+from pipeline.compare.run import check_output_dir, hardware, resolve_device
 from pipeline.compare.tracking import ComparisonTracker, default_tracking_uri
 from pipeline.data import load_manifest
 from pipeline.data.loaders import axial_slices
 from pipeline.experiments.config import ExperimentConfig
-from pipeline.networks import DiffNet, residual_unet
-from pipeline.training import Degradation, SliceBank, train_network
+from pipeline.metrics import psnr, ssim
 
 METRICS = ("psnr_image", "psnr_head", "ssim_image", "ssim_head")
 PAPER = "Arridge & Hauptmann, Networks for Nonlinear Diffusion Problems in Imaging, JMIV 2020 (arXiv:1811.12084)"
+RECIPE = ("learning_rate", "volumes_per_batch", "patches_per_volume", "roi_size")  # train.yaml ids in the budget text
 
 
 def network_label(name: str, unet_preset: str = "small") -> str:
     return {"diffnet_paper": "DiffNet (paper)", "unet": f"residual U-Net ({unet_preset})"}.get(name, name)
 
 
-def build_network(name: str, unet_preset: str = "small", seed: int = 0) -> torch.nn.Module:
-    """The untrained 2D network, its initial weights drawn with ``seed`` (reproducible whatever ran before)."""
-    torch.manual_seed(seed)
-    if name == "diffnet_paper":
-        return DiffNet.paper(2)
-    if name == "unet":
-        return residual_unet(unet_preset, 2)
-    raise ValueError(f"unknown network {name!r}")
+def network_overrides(name: str, unet_preset: str = "small") -> dict:
+    """Bundle overrides that make ``name`` the paper's 1-channel network (the U-Net's noise map off)."""
+    return {"noise_map": False, **({"unet_preset": unet_preset} if name == "unet" else {})}
 
 
-def parameters(network: torch.nn.Module) -> int:
-    return sum(p.numel() for p in network.parameters())
+def bundle_recipe(overrides: dict | None = None) -> dict:
+    """The budget ids of ``configs/train.yaml`` (:data:`RECIPE`), with ``overrides`` applied (read as plain YAML)."""
+    train = yaml.safe_load((BUNDLE / "configs" / "train.yaml").read_text(encoding="utf-8"))
+    return {key: (overrides or {}).get(key, train[key]) for key in RECIPE}
+
+
+@dataclass
+class Trained:
+    """A network trained by the bundle's workflow: the module (weights of ``checkpoint``, on the run's device)."""
+
+    network: torch.nn.Module
+    checkpoint: Path
+    seconds: float
+    parameters: int
 
 
 @dataclass
@@ -79,42 +95,45 @@ class Run:
         return (datetime.datetime.now() - self.started).total_seconds() / 60
 
     def datalist(self, split: str, limit: int | None) -> list[dict]:
+        """Manifest entries of ``split`` (the first ``limit``), with absolute paths."""
         entries = load_manifest(self.config.manifest, split, self.config.data_root)[:limit]
         if not entries:
             raise ValueError(f"{self.config.manifest} has no {split} subjects")
-        return entries
+        return [{**e, "label": str(Path(e["label"]).resolve())} for e in entries]
 
-    def training_bank(self) -> SliceBank:
-        """Every axial slice with enough head of the training subjects (``training.num_volumes`` of them)."""
-        train = self.datalist("training", self.config.training.num_volumes)
-        bank = SliceBank.from_datalist(train, self.config.evaluation.min_head)
-        print(f"training data: {len(bank)} axial slices of {len(train)} training volumes", flush=True)
-        return bank
+    def train(self, key: str, network: str, params: dict | None = None, **overrides) -> Trained:
+        """Train ``network`` (``"diffnet_paper"`` or ``"unet"``) with the bundle's training workflow and the config's
+        budget; ``overrides`` (bundle config ids) give it the experiment's data. The outputs (``model.pt``, the
+        epoch checkpoint, ``train_metrics.csv``, the executed config) go to ``models/<key>/``; the bundle's MLflow
+        handlers log to a child run ``train <key> ...`` of the experiment's run. Returns the trained network."""
+        c = self.config
+        folder = self.out / "models" / key.replace(" ", "_").replace("=", "")
+        settings = {"manifest": str(Path(c.manifest).resolve()), "seed": c.seed,
+                    "device": f"$torch.device('{self.device}')", "amp": self.device.type == "cuda",
+                    **({"dataset_dir": str(Path(c.data_root).resolve())} if c.data_root else {}),
+                    **c.training.bundle_overrides(), **network_overrides(network, c.unet_preset), **overrides}
+        checkpoint, seconds = train_tracked(self.tracker, key, network, folder, {"network": network, **(params or {})},
+                                            **settings)
+        learned = load_learned(network, checkpoint, self.device, **network_overrides(network, c.unet_preset))
+        last = last_metrics(folder / "train_metrics.csv")
+        print(f"trained {key} in {seconds:.0f} s (last loss {last.get('train_loss', float('nan')):.3g}, validation "
+              f"PSNR head {last.get('val_psnr_head', float('nan')):.2f} dB)", flush=True)
+        return Trained(learned.network, checkpoint, seconds, learned.parameters)
 
     def test_volumes(self) -> list[dict]:
         return load_volumes(self.datalist("test", self.config.evaluation.num_subjects), "loading test volumes")
 
-    def clean_slices(self, volume: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clean evaluated slices and head masks ``(N, 1, H, W)`` of one loaded test volume."""
-        ev = self.config.evaluation
-        _, clean, mask = axial_slices([{**volume, "image": volume["label"]}], ev.slice_every, ev.min_head)
-        return clean, mask
-
-    def train(self, key: str, network: torch.nn.Module, bank: SliceBank, degrade: Degradation,
-              params: dict | None = None) -> dict:
-        """Train ``network`` with the config's budget (a child run ``train <key>`` logs the loss) and save its
-        weights to ``models/<key>.pt``; returns :func:`train_network`'s result."""
-        t = self.config.training
-        log, finish = self.tracker.training_run(key, {"steps": t.steps, "batch_size": t.batch_size,
-                                                      "patch_size": t.patch_size, "lr": t.lr,
-                                                      "train_slices": len(bank), **(params or {})})
-        result = train_network(network, bank, degrade, t.steps, t.batch_size, t.patch_size, t.lr, self.config.seed,
-                               self.device, desc=f"training {key}", on_log=log)
-        finish(result)
-        print(f"trained {key} in {result['seconds']:.0f} s (final loss {result['final_loss']:.3g})", flush=True)
-        save_weights(network, self.out / "models" / f"{key.replace(' ', '_').replace('=', '')}.pt")
-        network.eval()
-        return result
+    def test_slices(self, volumes: list[dict], degrade: Sequence) -> list[tuple]:
+        """``[(subject, input, clean, mask)]``, slices ``(N, 1, H, W)`` of each test volume: the dictionary
+        transforms ``degrade`` (e.g. seeded noise) turn the whole volume's ``"label"`` into ``"image"``, then the
+        evaluated slices are taken."""
+        ev, out = self.config.evaluation, []
+        for volume in volumes:
+            item = dict(volume)
+            for transform in degrade:
+                item = transform(item)
+            out.append((volume["subject"], *axial_slices([item], ev.slice_every, ev.min_head)))
+        return out
 
     def run_network(self, network: torch.nn.Module, x: torch.Tensor, chunk: int = 32) -> torch.Tensor:
         network.eval()
@@ -132,25 +151,60 @@ class Run:
                 f"- hardware: {hardware()}\n"
                 f"- budget: {budget}\n"
                 f"- test: {subjects} test subjects of `{self.config.manifest}`, every {ev.slice_every}th axial "
-                f"slice with at least {ev.min_head:.0%} head ({slices} slices); PSNR pooled over a subject's "
-                f"slices, SSIM averaged over them; over the whole slice (image) and inside the head mask (head); "
-                f"mean ± std over subjects\n"
+                f"slice with at least {ev.min_head:.0%} head ({slices} slices), degraded as whole volumes (seed "
+                f"{self.config.seed + 1}); PSNR pooled over a subject's slices, SSIM averaged over them; over the "
+                f"whole slice (image) and inside the head mask (head); mean ± std over subjects\n"
                 + "".join(f"- {line}\n" for line in lines + self.notes) + "\n")
 
 
-def training_budget(config: ExperimentConfig) -> str:
+def training_subjects(config: ExperimentConfig) -> int:
+    """How many training subjects the budget uses (``training.num_volumes`` of the manifest's, or all)."""
+    return len(load_manifest(config.manifest, "training", config.data_root)[:config.training.num_volumes])
+
+
+def last_metrics(path: Path) -> dict:
+    """The last value of each metric in a bundle training's ``train_metrics.csv`` (empty if there is none)."""
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8", newline="") as f:
+        return {row["name"]: float(row["value"]) for row in csv.DictReader(f)}
+
+
+def steps_per_epoch(volumes: int, volumes_per_batch: int) -> int:
+    return math.ceil(volumes / int(volumes_per_batch))
+
+
+def training_budget(config: ExperimentConfig, volumes: int | None = None) -> str:
+    """The budget in words: the bundle recipe, epochs, subjects and (given the number of training ``volumes`` per
+    epoch) the Adam steps."""
     t = config.training
-    return (f"{t.steps} Adam steps x {t.batch_size} patches of {t.patch_size}x{t.patch_size} per network "
-            f"(lr {t.lr:g}, cosine), seed {config.seed}")
+    r = bundle_recipe(t.overrides)
+    per_step = f"{r['volumes_per_batch']} volumes x {r['patches_per_volume']} patches of " \
+               f"{'x'.join(map(str, r['roi_size']))}"
+    steps = f" = {t.epochs * steps_per_epoch(volumes, r['volumes_per_batch'])} Adam steps" if volumes else ""
+    extra = {k: v for k, v in t.overrides.items() if k not in RECIPE}
+    return (f"the bundle's training workflow (configs/train.yaml: Adam lr {float(r['learning_rate']):g} with a cosine "
+            f"schedule, log-MSE loss, {per_step} per step{', ' + str(extra) if extra else ''}), {t.epochs} epochs "
+            f"over {volumes or t.num_volumes or 'all'} training subjects{steps} per network; the last epoch's "
+            f"weights are kept (validated on {t.num_val_volumes} validation subjects); seed {config.seed}")
 
 
-def subject_seed(seed: int, subject: str, *salt) -> int:
-    """A stable per-subject seed (independent of the order of subjects and of the Python hash seed)."""
-    return (seed * 1_000_003 + zlib.crc32("/".join([subject, *map(str, salt)]).encode())) % 2**31
+def slice_metrics(out: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> dict:
+    """PSNR pooled over all slices ``(N, 1, H, W)`` (the slices as one volume) and 2D SSIM averaged over them,
+    inside the head mask and over the whole slices."""
+    def volume(slices: torch.Tensor) -> torch.Tensor:  # (N, 1, H, W) -> (1, 1, H, W, N)
+        return slices.permute(1, 2, 3, 0).unsqueeze(0)
+
+    return {
+        "psnr_head": psnr(volume(out), volume(clean), volume(mask)).item(),
+        "ssim_head": ssim(out, clean, mask).mean().item(),
+        "psnr_image": psnr(volume(out), volume(clean)).item(),
+        "ssim_image": ssim(out, clean).mean().item(),
+    }
 
 
 def metrics_row(out: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor, **keys) -> dict:
-    return {**keys, **subject_metrics(out, clean, mask)}
+    return {**keys, **slice_metrics(out, clean, mask)}
 
 
 def summarise(per_subject: pd.DataFrame, by: list[str]) -> pd.DataFrame:

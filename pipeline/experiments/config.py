@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.compare import config as compare_config
 from pipeline.compare.config import read_yaml_config
 from pipeline.transforms.noise import NOISE_MODELS
 
@@ -52,22 +53,40 @@ class Evaluation:
         _fraction(self.min_head, "evaluation.min_head", low_open=False)
 
 
-@dataclass
-class Training:
-    """One budget for every network an experiment trains."""
+# bundle config ids each experiment sets itself (its data, its networks, the run's folders and MLflow run): a budget
+# override may not change them
+EXPERIMENT_IDS = ("train_patches", "train#", "validate#", "noise_map", "train_noise", "level_range", "noise",
+                  "val_level", "method", "network_def", "unet_preset", "manifest", "dataset_dir", "output_dir", "seed",
+                  "device", "amp", "run_name", "run_params", "tracking_uri", "experiment_name", "epochs",
+                  "val_interval", "num_train_volumes", "num_val_volumes")
 
+
+@dataclass
+class Training(compare_config.Training):
+    """The budget of every network an experiment trains, in the bundle's terms: the networks are trained by the
+    bundle's training workflow (``bundles/diffnet_mri_denoising/configs/train.yaml``: Adam, cosine schedule, log-MSE
+    loss, ``volumes_per_batch`` x ``patches_per_volume`` patches of ``roi_size`` per step) for ``epochs`` epochs over
+    ``num_volumes`` training subjects, as the method comparison's :class:`pipeline.compare.config.Training`. Only
+    the last epoch is validated (on ``num_val_volumes`` validation subjects), so the checkpoint is the last epoch's
+    weights. ``overrides``: other bundle config ids of the recipe (``learning_rate``, ``volumes_per_batch``,
+    ``patches_per_volume``, ``roi_size``), not those the experiment sets itself."""
+
+    epochs: int = 4
     num_volumes: int | None = None  # None: every training subject
-    steps: int = 200
-    batch_size: int = 16
-    patch_size: int = 64
-    lr: float = 1e-3
+    num_val_volumes: int = 2
+    overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _positive_int(self.epochs, "training.epochs")
         _positive_int(self.num_volumes, "training.num_volumes", allow_none=True)
-        for key in ("steps", "batch_size", "patch_size"):
-            _positive_int(getattr(self, key), f"training.{key}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"training.lr must be a number > 0, got {self.lr!r}")
+        _positive_int(self.num_val_volumes, "training.num_val_volumes")
+        if not isinstance(self.overrides, dict) or not all(isinstance(k, str) for k in self.overrides):
+            raise ValueError(f"training.overrides must map bundle config ids to values, got {self.overrides!r}")
+        taken = sorted(k for k in self.overrides
+                       if any(k == i or (i.endswith("#") and k.startswith(i)) for i in EXPERIMENT_IDS))
+        if taken:
+            raise ValueError(f"training.overrides: {taken} are set by the experiment itself (budget keys: epochs, "
+                             f"num_volumes, num_val_volumes; experiment settings in its own section)")
 
 
 @dataclass

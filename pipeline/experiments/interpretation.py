@@ -1,9 +1,10 @@
 """Paper experiment 3 (Arridge & Hauptmann, Sec. 5.3, Figs. 11-13): what a trained DiffNet does at each noise level.
 
 A DiffNet with the paper preset (5 layers, free 5-point stencil) is loaded from ``interpretation.checkpoint`` (e.g.
-``outputs/compare_full/models/diffnet_paper.pt``, written by the method comparison) or trained here with the config's
-budget, noise-blind on ``interpretation.train_noises`` at ``level_range``. It then denoises the test slices at each
-of ``interpretation.levels`` (seeded noise on whole volumes, as in the method comparison), and
+``outputs/compare_full/models/diffnet_paper/model.pt``, written by the method comparison) or trained here by the
+bundle's training workflow with the config's budget, noise-blind on ``interpretation.train_noises`` at
+``level_range`` (the overrides ``train_noise`` and ``level_range``; the bundle's recipe is otherwise unchanged). It
+then denoises the test slices at each of ``interpretation.levels`` (seeded noise on whole volumes), and
 :meth:`~pipeline.networks.DiffNet.forward_with_filters` gives every layer's filter maps.
 
 Filters and smoothing level. In free mode layer ``k`` updates the image as
@@ -35,7 +36,8 @@ is the smoothing without the reaction part.
 
 Outputs in ``output_dir``: ``smoothing.csv`` (one row per noise level and layer), ``denoising.csv`` (PSNR/SSIM of the
 noisy input and of DiffNet per level), ``per_subject.csv``, ``report.md``, ``smoothing_vs_level.png``,
-``filters_<level>.png`` for each of ``figure_levels`` and, when trained here, ``models/diffnet_paper.pt``.
+``filters_<level>.png`` for each of ``figure_levels`` and, when trained here, ``models/diffnet_paper/`` (the bundle
+training's outputs, ``model.pt`` the weights interpreted).
 """
 
 from __future__ import annotations
@@ -48,14 +50,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.compare.evaluation import NoisySlices
 from pipeline.atomic_write import write_text_atomic
-from pipeline.figures import save_figure
-from pipeline.compare.run import load_weights
-from pipeline.experiments.common import Run, build_network, metric_cells, metrics_row, summarise, training_budget
+from pipeline.compare.learned import load_learned
+from pipeline.experiments.common import (Run, metric_cells, metrics_row, summarise, training_budget,
+                                         training_subjects)
 from pipeline.experiments.config import ExperimentConfig
+from pipeline.figures import save_figure
 from pipeline.networks import DiffNet
-from pipeline.training import noise_degradation
+from pipeline.transforms import MRINoised
 
 STENCIL = ("centre", "-x", "+x", "-y", "+y")
 
@@ -64,8 +66,8 @@ def budget_text(config: ExperimentConfig, loaded: bool) -> str:
     s = config.interpretation
     if loaded:
         return f"no training: DiffNet (paper preset) weights loaded from `{s.checkpoint}`"
-    return (f"{training_budget(config)}; noise-blind: {'+'.join(s.train_noises)} noise at "
-            f"{s.level_range[0]:.0%}-{s.level_range[1]:.0%}, loss weighted by 1/level^2")
+    return (f"{training_budget(config, training_subjects(config))}; noise-blind: {'+'.join(s.train_noises)} noise "
+            f"at {s.level_range[0]:.0%}-{s.level_range[1]:.0%} drawn per patch, validated on {s.noise} noise")
 
 
 def filter_statistics(network: DiffNet, noisy: torch.Tensor, mask: torch.Tensor, device: torch.device,
@@ -111,9 +113,8 @@ def run_interpretation(config: ExperimentConfig) -> dict:
     budget = budget_text(config, loaded)
     run = Run.start(config, budget, {"checkpoint": s.checkpoint if loaded else "none (trained here)"})
     with run.tracker.failed_on_error():
-        network = build_network("diffnet_paper", seed=config.seed)
         if loaded:
-            load_weights(network, s.checkpoint)
+            network = load_learned("diffnet_paper", s.checkpoint, run.device, noise_map=False).network
             modified = datetime.datetime.fromtimestamp(Path(s.checkpoint).stat().st_mtime)
             source = f"weights loaded from `{s.checkpoint}` (written {modified:%Y-%m-%d %H:%M})"
             print(f"interpreting DiffNet {source}", flush=True)
@@ -121,18 +122,19 @@ def run_interpretation(config: ExperimentConfig) -> dict:
             if s.checkpoint:
                 run.notes.append(f"checkpoint `{s.checkpoint}` not found: trained here instead")
                 print(f"note: checkpoint {s.checkpoint} not found, training one", flush=True)
-            run.train("diffnet_paper", network, run.training_bank(), noise_degradation(s.train_noises, s.level_range),
-                      {"network": "diffnet_paper", "noises": "+".join(s.train_noises),
-                       "level_range": str(s.level_range)})
-            source = f"trained here, saved to `{run.out / 'models' / 'diffnet_paper.pt'}`"
-        network.to(run.device)
+            trained = run.train("diffnet_paper", "diffnet_paper",
+                                {"noises": "+".join(s.train_noises), "level_range": str(s.level_range)},
+                                train_noise=list(s.train_noises), level_range=list(s.level_range), noise=s.noise)
+            network = trained.network
+            source = f"trained here by the bundle's training workflow, saved to `{trained.checkpoint}`"
+        if not isinstance(network, DiffNet):
+            raise ValueError(f"the bundle's diffnet_paper network is a {type(network).__name__}, not a DiffNet")
         time_steps = network.time_steps().detach().cpu().tolist()
-        test = NoisySlices(run.test_volumes(), config.seed, config.evaluation.slice_every,
-                           config.evaluation.min_head)
+        volumes = run.test_volumes()
         rows, smoothing_rows, shown, num_slices = [], [], {}, 0
         for level in s.levels:
-            for i, (volume, (noisy, clean, mask)) in enumerate(test.per_volume(s.noise, level)):
-                subject = volume["subject"]
+            noise = MRINoised(source_key="label", target_key="image", noise=s.noise, level=level, seed=config.seed + 1)
+            for i, (subject, noisy, clean, mask) in enumerate(run.test_slices(volumes, [noise])):
                 keep = len(noisy) // 2 if i == 0 and level in s.figure_levels else None
                 out, stats, kept = filter_statistics(network, noisy, mask, run.device, keep=keep)
                 num_slices += len(noisy) if level == s.levels[0] else 0
@@ -184,7 +186,7 @@ def run_interpretation(config: ExperimentConfig) -> dict:
              "without the reaction part",
              "paper (Figs. 11-13): a denoising DiffNet's filter maps per layer and their smoothing level against "
              "the noise level; compare the trend per layer, not the values (other data, training and scale)"],
-            len(test.volumes), num_slices)
+            len(volumes), num_slices)
         write_text_atomic(files["report"], header + table)
         for level in s.levels:
             block = smoothing[smoothing["level"] == level]
@@ -200,7 +202,7 @@ def run_interpretation(config: ExperimentConfig) -> dict:
                                 if k.endswith(("_mean", "_std")) and pd.notna(v)})
             artifacts = [files[f"filters_{level:g}"]] if f"filters_{level:g}" in files else []
             run.tracker.result_run("diffnet_paper", s.noise, level,
-                                   {"source": source[:500], "subjects": len(test.volumes)}, metrics, artifacts)
+                                   {"source": source[:500], "subjects": len(volumes)}, metrics, artifacts)
         run.tracker.finish({"minutes": run.minutes(), **{f"time_step_layer{k + 1}": v
                                                          for k, v in enumerate(time_steps)}},
                            list(files.values()))

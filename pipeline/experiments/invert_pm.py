@@ -1,15 +1,20 @@
 """Paper experiment 1 (Arridge & Hauptmann, Sec. 5.1-5.2, Figs. 6-9, Table 1): invert Perona-Malik diffusion.
 
-The forward model is :func:`pipeline.training.perona_malik_degradation`: ``invert_pm.num_iter`` explicit Perona-Malik
-steps (rational diffusivity ``1 / (1 + (|grad u| / kappa)^2)``, dt = 1/4, zero-Neumann) with edge threshold
-``invert_pm.kappa`` on the normalised scale (reference intensity 1.0), then Gaussian noise of each
-``invert_pm.noise_sigmas`` (a fraction of the reference intensity; the paper's 1 % on [0, 1] images). For every noise
-level, DiffNet (paper preset) and the residual U-Net are trained on the same patches of the training subjects' slices
-(same steps, batch and seed) to recover the clean slice, and evaluated on the test subjects' slices degraded by the
-same operator with seeded noise. The degraded input itself is scored too.
+The forward model is :func:`pipeline.data.degraded.perona_malik_degradation`: ``invert_pm.num_iter`` explicit
+Perona-Malik steps on every whole axial slice (rational diffusivity ``1 / (1 + (|grad u| / kappa)^2)``, dt = 1/4,
+zero-Neumann) with edge threshold ``invert_pm.kappa`` on the normalised scale (reference intensity 1.0), then
+Gaussian noise of each ``invert_pm.noise_sigmas`` (a fraction of the reference intensity; the paper's 1 % on [0, 1]
+images). For every noise level, DiffNet (paper preset) and the residual U-Net (1 channel) are trained by the bundle's
+training workflow with the same budget, seed and patches, to recover the clean slice: the overrides
+``train_patches=pipeline.data.degraded.perona_malik_patches_2d`` (patches of the diffused slices, noise drawn per
+patch) and ``validate#preprocessing=pipeline.data.degraded.perona_malik_eval_transforms`` (the validation subjects
+degraded the same way, seeded), so the validation metrics logged to MLflow measure this task; only the last epoch is
+validated, so the checkpoint is the last epoch's weights. The networks are evaluated on the test subjects' slices
+degraded by the same operator (whole volumes, seeded noise). The degraded input itself is scored too.
 
 Outputs in ``output_dir``: ``summary.csv`` (one row per method and noise level, with the paper's STL-10 PSNR
-alongside), ``per_subject.csv``, ``report.md``, ``panel.png`` and ``models/<network>_sigma<level>.pt``.
+alongside), ``per_subject.csv``, ``report.md``, ``panel.png`` and ``models/<network>_sigma<level>/`` (the bundle
+training's outputs: ``model.pt``, the epoch checkpoint, ``train_metrics.csv``).
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic_write import write_text_atomic
+from pipeline.data.degraded import perona_malik_degradation
+from pipeline.experiments.common import (Run, metric_cells, metrics_row, network_label, summarise, training_budget,
+                                         training_subjects)
+from pipeline.experiments.config import ExperimentConfig, InvertPM
 from pipeline.figures import save_figure
-from pipeline.experiments.common import (Run, build_network, metric_cells, metrics_row, network_label, parameters,
-                                         subject_seed, summarise, training_budget)
-from pipeline.experiments.config import ExperimentConfig
 from pipeline.metrics import psnr
-from pipeline.training import perona_malik_degradation
 
 # Arridge & Hauptmann, Table 1 (STL-10 test images, PSNR in dB), keyed by noise sigma
 PAPER_PSNR = {0.0: {"diffnet_paper": 65.34, "unet": 61.08}, 0.01: {"diffnet_paper": 34.96, "unet": 35.27}}
@@ -38,9 +43,20 @@ def sigma_text(sigma: float) -> str:
 
 def budget_text(config: ExperimentConfig) -> str:
     s = config.invert_pm
-    return (f"{training_budget(config)}; one network per noise level; forward model {s.num_iter} Perona-Malik steps, "
-            f"kappa {s.kappa:g}, dt 1/4, rational diffusivity, Gaussian noise sigma "
+    return (f"{training_budget(config, training_subjects(config))}; one network per noise level; forward model "
+            f"{s.num_iter} Perona-Malik steps, kappa {s.kappa:g}, dt 1/4, rational diffusivity, Gaussian noise sigma "
             f"{', '.join(sigma_text(v) for v in s.noise_sigmas)}")
+
+
+def bundle_overrides(s: InvertPM, sigma: float) -> dict:
+    """Bundle config ids that train on (and validate with) the Perona-Malik forward model at noise ``sigma``."""
+    forward = {"num_iter": s.num_iter, "kappa": s.kappa, "noise_sigma": sigma}
+    return {"train_patches": "pipeline.data.degraded.perona_malik_patches_2d",
+            **{f"train#preprocessing#{k}": v for k, v in forward.items()},
+            "validate#preprocessing": {"_target_": "pipeline.data.degraded.perona_malik_eval_transforms",
+                                       **forward, "seed": "@seed"},
+            "run_params#noise_model": f"perona_malik({s.num_iter} steps, kappa {s.kappa:g})+gaussian",
+            "run_params#train_noise_levels": [sigma, sigma], "run_params#val_noise_level": sigma}
 
 
 def run_invert_pm(config: ExperimentConfig) -> dict:
@@ -49,27 +65,22 @@ def run_invert_pm(config: ExperimentConfig) -> dict:
     budget = budget_text(config)
     run = Run.start(config, budget)
     with run.tracker.failed_on_error():
-        bank = run.training_bank()
         volumes = run.test_volumes()
-        tests = [(v["subject"], *run.clean_slices(v)) for v in volumes]
-        rows, shown, seconds, sizes = [], {}, {}, {}
+        rows, shown, seconds, sizes, slices = [], {}, {}, {}, 0
         for sigma in s.noise_sigmas:
-            degrade = perona_malik_degradation(s.num_iter, s.kappa, sigma)
-            degraded = [degrade(clean, np.random.RandomState(subject_seed(config.seed, subject, sigma)))[0]
-                        for subject, clean, _ in tests]
-            k = len(tests[0][1]) // 2  # the figure: middle evaluated slice of the first test subject
-            shown[sigma] = {"clean": tests[0][1][k, 0], "degraded": degraded[0][k, 0], "mask": tests[0][2][k, 0]}
-            for (subject, clean, mask), x in zip(tests, degraded):
-                rows.append(metrics_row(x, clean, mask, method="degraded", noise_sigma=sigma, subject=subject))
+            tests = run.test_slices(volumes, perona_malik_degradation(s.num_iter, s.kappa, sigma, config.seed + 1))
+            slices = sum(len(clean) for _, _, clean, _ in tests)
+            k = len(tests[0][2]) // 2  # the figure: middle evaluated slice of the first test subject
+            shown[sigma] = {"clean": tests[0][2][k, 0], "degraded": tests[0][1][k, 0]}
+            for subject, degraded, clean, mask in tests:
+                rows.append(metrics_row(degraded, clean, mask, method="degraded", noise_sigma=sigma, subject=subject))
             for name in s.networks:
-                network = build_network(name, config.unet_preset, config.seed)
-                sizes[name] = parameters(network)
-                key = f"{name} sigma={sigma:g}"
-                result = run.train(key, network, bank, degrade, {"network": name, "noise_sigma": sigma,
-                                                                  "kappa": s.kappa, "num_iter": s.num_iter})
-                seconds[name, sigma] = result["seconds"]
-                for (subject, clean, mask), x in zip(tests, degraded):
-                    out = run.run_network(network, x)
+                trained = run.train(f"{name} sigma={sigma:g}", name,
+                                    {"noise_sigma": sigma, "kappa": s.kappa, "num_iter": s.num_iter},
+                                    **bundle_overrides(s, sigma))
+                sizes[name], seconds[name, sigma] = trained.parameters, trained.seconds
+                for subject, degraded, clean, mask in tests:
+                    out = run.run_network(trained.network, degraded)
                     rows.append(metrics_row(out, clean, mask, method=name, noise_sigma=sigma, subject=subject))
                     if subject == tests[0][0]:
                         shown[sigma][name] = out[k, 0]
@@ -88,18 +99,19 @@ def run_invert_pm(config: ExperimentConfig) -> dict:
               f"Inverting {s.num_iter} Perona-Malik steps (kappa {s.kappa:g}): first test subject, middle evaluated "
               f"slice; bottom rows: error (image - clean)")
         table = markdown_table(summary, config.unet_preset)
-        slices = sum(len(clean) for _, clean, _ in tests)
         header = run.header(
             "Inverting Perona-Malik diffusion", budget,
-            [f"forward model: {s.num_iter} explicit Perona-Malik steps, rational diffusivity, kappa = {s.kappa:g} "
-             f"(normalised scale, reference intensity 1.0), dt = 1/4, then Gaussian noise; test noise seeded "
-             f"per subject",
-             f"training: {len(bank)} axial slices of the training subjects, the same patches and noise (seed "
+            [f"forward model: {s.num_iter} explicit Perona-Malik steps on each whole axial slice, rational "
+             f"diffusivity, kappa = {s.kappa:g} (normalised scale, reference intensity 1.0), dt = 1/4, then Gaussian "
+             f"noise; test noise seeded per subject",
+             f"training: the bundle's training workflow on patches (centred on the head) of the diffused axial "
+             f"slices of the training subjects, Gaussian noise drawn per patch; the same patches and noise (seed "
              f"{config.seed}) for every network",
-             f"U-Net: the `{config.unet_preset}` preset ({sizes.get('unet', 0):,} parameters) for a CPU budget; the "
-             f"paper's U-Net has 34.5 M parameters" if "unet" in s.networks else "U-Net not run",
+             f"U-Net: the `{config.unet_preset}` preset ({sizes.get('unet', 0):,} parameters, 1 input channel) for "
+             f"a CPU budget; the paper's U-Net has 34.5 M parameters" if "unet" in s.networks else "U-Net not run",
+             "train s: wall time of the bundle's training workflow (loading the data, training, validating)",
              "paper: STL-10 96x96 images, trained to convergence on a GPU; its PSNR is over whole images (compare "
-             "with PSNR image)"], len(tests), slices)
+             "with PSNR image)"], len(volumes), slices)
         write_text_atomic(files["report"], header + "## Test results\n\n" + table + "\n")
         for row in summary.itertuples():
             run.tracker.result_run(row.method, "perona_malik+gaussian", row.noise_sigma,
