@@ -130,6 +130,7 @@ def inference_network(network: nn.Module, ckpt_path: str | os.PathLike, load_wei
 
     if as_bool(load_weights):
         load(network, str(ckpt_path))
+        print(f"loaded weights from {ckpt_path}", flush=True)
     return network.to(device).eval()
 
 
@@ -163,6 +164,29 @@ def check_output_dir(output_dir: str | os.PathLike, min_free_mb: float = 0.0) ->
     return str(path)
 
 
+def _announce(files) -> None:
+    import sys
+
+    names = ", ".join(str(Path(f).resolve()) for f in files)
+    print(f"evaluating bundle config {names} (bundle configs run code: use only bundles you trust)",
+          file=sys.stderr, flush=True)
+
+
+def run_bundle_workflow(config_files, meta_file, workflow_type: str = "train", tracking: str | None = None,
+                        **overrides) -> None:
+    """Run a bundle workflow in-process (MONAI ``ConfigWorkflow``: initialize, run, finalize), after printing (to
+    stderr) which config files it evaluates, as :func:`read_bundle_config` does."""
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(f) for f in config_files]
+    _announce(files)
+    workflow = ConfigWorkflow(files, meta_file=str(meta_file), logging_file=False, workflow_type=workflow_type,
+                              tracking=tracking, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
 def read_bundle_config(config_file, **overrides):
     """A MONAI ``ConfigParser`` of bundle config file(s), after printing (to stderr) which file it evaluates.
 
@@ -170,14 +194,10 @@ def read_bundle_config(config_file, **overrides):
     through this function, so that evaluating one, e.g. from a user-given ``--bundle`` folder, is never silent.
     ``overrides`` are set on the parser (``{"output_dir": ...}``).
     """
-    import sys
-
     from monai.bundle import ConfigParser
 
     files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
-    names = ", ".join(str(Path(f).resolve()) for f in files)
-    print(f"evaluating bundle config {names} (bundle configs run code: use only bundles you trust)",
-          file=sys.stderr, flush=True)
+    _announce(files)
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     for key, value in overrides.items():

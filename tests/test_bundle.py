@@ -260,9 +260,9 @@ def test_training_writes_weights_checkpoint_and_mlflow_run(trained, tracking_uri
         assert 10 < metrics[key] < 60, (key, metrics)
     for key in ("val_ssim_head", "val_ssim_image"):
         assert 0 < metrics[key] <= 1, (key, metrics)
-    assert 0 < metrics["train_loss"] < 1, metrics
-    assert params["method"] == "diffnet_guided" and params["noise_model"] == "rician", params
-    network_parameters = sum(p.numel() for p in DiffNet(2, guidance=True).parameters())
+    assert -10 < metrics["train_loss"] < 0, metrics  # LogMSELoss: log10 of an MSE below 1
+    assert params["method"] == "diffnet_guided" and "rician" in params["noise_model"], params
+    network_parameters = sum(p.numel() for p in DiffNet(2, guidance=True, noise_map=True).parameters())
     assert int(params["parameters"]) == DIFFNET_PARAMETERS == network_parameters, params
     assert params["manifest"].endswith("ixi_t1.json"), params
 
@@ -402,7 +402,9 @@ def test_inference_on_nifti_keeps_geometry_and_scale(model_pt, work, ixi_test_vo
     proc = run_bundle(bundle_args("run inference", "inference.yaml", dataset_dir=src, output_dir=out,
                                   ckpt_path=model_pt), work / "infer.log")
     assert_ok(proc)
-    assert "Restored all variables" in proc.stdout, f"the checkpoint was not loaded{tail(proc)}"
+    assert f"loaded weights from {model_pt}" in proc.stdout, f"the checkpoint was not loaded{tail(proc)}"
+    # estimated from the scan: this 8-bit IXI volume's air is stored as zeros, so from its tissue (own noise ~3-4 %)
+    assert "noise level" in proc.stdout and "(signal)" in proc.stdout, tail(proc)
     result = out / ixi_test_volume.name.replace(".nii.gz", "_denoised.nii.gz")
     assert result.is_file(), f"outputs: {sorted(p.name for p in out.iterdir()) if out.is_dir() else None}{tail(proc)}"
 

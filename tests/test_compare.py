@@ -126,11 +126,13 @@ def test_compare_mlflow_runs(compared):
                .startswith("tiny ")]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    results = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    results = [r for r in children if "sigma" in r.data.params]
     assert len(results) == len(METHODS) * len(NOISES) * len(LEVELS) * 2  # oracle and blind
-    # the learned methods were trained by the bundle's workflow, its MLflow runs in the same experiment
-    trainings = {r.data.params.get("method") for r in runs if r.info.run_name.split("-")[1:2] == ["train"]}
-    assert {"diffnet_paper", "diffnet_guided", "unet_residual"} <= trainings
+    # the learned methods were trained by the bundle's workflow, which logged into child runs of the comparison
+    trainings = {r.data.params.get("method"): r for r in children if r.info.run_name.startswith("train ")}
+    assert set(trainings) == {"diffnet_paper", "diffnet_guided", "unet_residual"}
+    assert {"train_loss", "val_psnr_head", "train_seconds"} <= set(trainings["diffnet_guided"].data.metrics)
     run = next(r for r in results if r.data.params["method"] == "perona_malik"
                and r.data.params["sigma"] == "blind" and r.data.params["noise"] == "rician" and float(r.data.params["level"]) == 0.05)
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")

@@ -285,7 +285,7 @@ def test_no_patient_identity_in_logs_mlflow_or_outputs(phi_runs):
 
     # MLflow: the runs exist and hold content (so the scan means something), and no value names the patient
     params, tags, metrics = {}, {}, set()
-    for db in ("evaluate.db", "inference.db"):
+    for db in ("evaluate.db",):  # inference's file loop logs nothing to MLflow: its summary CSV is checked below
         client = MlflowClient(f"sqlite:///{root / 'mlflow' / db}")
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert runs, f"no MLflow run in {db}"

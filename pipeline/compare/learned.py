@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bundle import read_bundle_config
+from pipeline.bundle import read_bundle_config, run_bundle_workflow
 from pipeline.compare.methods import Learned
 from pipeline.handlers.checkpoint import load_weights
 
@@ -52,7 +52,7 @@ def train_tracked(tracker, key: str, method: str, output_dir: str | os.PathLike,
     from monai.utils import set_determinism
 
     run_name = f"train {key} ({datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]})"
-    run_id = tracker.training_run(run_name, {"method": method, **(params or {})})
+    run_id = tracker.training_run(run_name, {"network": method, **(params or {})})  # the bundle logs "method"
     tracking = {"tracking_uri": tracker.tracking_uri, "experiment_name": tracker.experiment, "run_name": run_name} \
         if run_id else {}
     print(f"training {key} with the bundle's training workflow -> {output_dir}", flush=True)
@@ -74,19 +74,13 @@ def train_learned(method: str, output_dir: str | os.PathLike, bundle: Path = BUN
     """Train ``method`` with the bundle's training workflow; returns the checkpoint it selected (``model.pt``, the
     best validation PSNR in the head). ``overrides`` are bundle config ids (``epochs``, ``num_train_volumes``, ...);
     with ``tracking_uri``, the run is logged to MLflow by the bundle's own handlers."""
-    from monai.bundle import ConfigWorkflow
-
     output_dir = Path(output_dir)
     settings = dict(bundle_root=str(bundle), output_dir=str(output_dir), **overrides)
     if tracking_uri:
         settings.update(tracking_uri=tracking_uri, **({"experiment_name": experiment_name} if experiment_name else {}),
                         **({"run_name": run_name} if run_name else {}))
-    workflow = ConfigWorkflow(config_files(method, bundle), meta_file=str(bundle / "configs" / "metadata.json"),
-                              logging_file=False, workflow_type="train",
-                              tracking="mlflow" if tracking_uri else None, **settings)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    run_bundle_workflow(config_files(method, bundle), bundle / "configs" / "metadata.json", "train",
+                        "mlflow" if tracking_uri else None, **settings)
     checkpoint = output_dir / "model.pt"
     if not checkpoint.is_file():
         raise RuntimeError(f"training {method} wrote no {checkpoint}: was validation run (epochs a multiple of "

@@ -112,8 +112,7 @@ class Run:
                     "device": f"$torch.device('{self.device}')", "amp": self.device.type == "cuda",
                     **({"dataset_dir": str(Path(c.data_root).resolve())} if c.data_root else {}),
                     **c.training.bundle_overrides(), **network_overrides(network, c.unet_preset), **overrides}
-        checkpoint, seconds = train_tracked(self.tracker, key, network, folder, {"network": network, **(params or {})},
-                                            **settings)
+        checkpoint, seconds = train_tracked(self.tracker, key, network, folder, params, **settings)
         learned = load_learned(network, checkpoint, self.device, **network_overrides(network, c.unet_preset))
         last = last_metrics(folder / "train_metrics.csv")
         print(f"trained {key} in {seconds:.0f} s (last loss {last.get('train_loss', float('nan')):.3g}, validation "
