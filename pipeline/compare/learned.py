@@ -44,6 +44,13 @@ def load_learned(method: str, checkpoint: str | os.PathLike, device: torch.devic
     return Learned(method, network.to(device), parser.get_parsed_content("volume_inferer"), device)
 
 
+def data_overrides(manifest: str | os.PathLike, seed: int, device: torch.device,
+                   data_root: str | os.PathLike | None = None) -> dict:
+    """The bundle config ids that point a training at a manifest, its data folder, a seed and a device."""
+    return {"manifest": str(Path(manifest).resolve()), "seed": seed, "device": f"$torch.device('{device}')",
+            "amp": device.type == "cuda", **({"dataset_dir": str(Path(data_root).resolve())} if data_root else {})}
+
+
 def train_tracked(tracker, key: str, method: str, output_dir: str | os.PathLike, params: dict | None = None,
                   **overrides) -> tuple[Path, float]:
     """:func:`train_learned` logged into a child run ``train <key> (<time>-<random>)`` of ``tracker``'s parent

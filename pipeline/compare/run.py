@@ -19,7 +19,7 @@ import torch
 
 from pipeline.compare.config import CompareConfig
 from pipeline.compare.evaluation import NoisyVolumes, evaluate, load_volumes
-from pipeline.compare.learned import load_learned, train_tracked
+from pipeline.compare.learned import data_overrides, load_learned, train_tracked
 from pipeline.compare.methods import LABELS, Method, NonLocalMeans, TunedPeronaMalik
 from pipeline.atomic_write import write_text_atomic
 from pipeline.compare.report import markdown_tables, metrics_figure, summarise, visual_panel
@@ -69,9 +69,7 @@ def budget_text(config: CompareConfig) -> str:
 
 def learned_methods(config: CompareConfig, device: torch.device, tracker: ComparisonTracker, models_dir: Path) -> dict:
     """Load (``checkpoints``) or train with the bundle's workflow (each into a child run) every learned method."""
-    data = {"manifest": str(Path(config.manifest).resolve()), "seed": config.seed,
-            "device": f"$torch.device('{device}')", "amp": device.type == "cuda",
-            **({"dataset_dir": str(Path(config.data_root).resolve())} if config.data_root else {})}
+    data = data_overrides(config.manifest, config.seed, device, config.data_root)
     methods = {}
     for name in config.learned:
         checkpoint = config.checkpoints.get(name)

@@ -87,12 +87,14 @@ class ComparisonTracker:
 
     def end_training_run(self, run_id: str | None, metrics: dict, status: str | None = None) -> None:
         """Log ``metrics`` on a training child run and, with ``status`` (e.g. "FAILED"), close it so."""
-        if run_id is None:
-            return
-        for key, value in metrics.items():
-            self._try(self.client.log_metric, run_id, key, float(value))
-        if status:
-            self._try(self.client.set_terminated, run_id, status)
+        def record():
+            for key, value in metrics.items():
+                self.client.log_metric(run_id, key, float(value))
+            if status:
+                self.client.set_terminated(run_id, status)
+
+        if run_id is not None:
+            self._try(record)  # after a tracking failure the client is gone: _try then does nothing
 
     def result_run(self, method: str, noise: str, level: float, params: dict, metrics: dict,
                    artifacts: list[Path] = ()) -> None:

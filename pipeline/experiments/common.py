@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from pipeline.compare.evaluation import load_volumes
-from pipeline.compare.learned import BUNDLE, load_learned, train_tracked
+from pipeline.compare.learned import BUNDLE, data_overrides, load_learned, train_tracked
 from pipeline.compare.run import check_output_dir, hardware, resolve_device
 from pipeline.compare.tracking import ComparisonTracker, default_tracking_uri
 from pipeline.data import load_manifest
@@ -108,10 +108,8 @@ class Run:
         handlers log to a child run ``train <key> ...`` of the experiment's run. Returns the trained network."""
         c = self.config
         folder = self.out / "models" / key.replace(" ", "_").replace("=", "")
-        settings = {"manifest": str(Path(c.manifest).resolve()), "seed": c.seed,
-                    "device": f"$torch.device('{self.device}')", "amp": self.device.type == "cuda",
-                    **({"dataset_dir": str(Path(c.data_root).resolve())} if c.data_root else {}),
-                    **c.training.bundle_overrides(), **network_overrides(network, c.unet_preset), **overrides}
+        settings = {**data_overrides(c.manifest, c.seed, self.device, c.data_root), **c.training.bundle_overrides(),
+                    **network_overrides(network, c.unet_preset), **overrides}
         checkpoint, seconds = train_tracked(self.tracker, key, network, folder, params, **settings)
         learned = load_learned(network, checkpoint, self.device, **network_overrides(network, c.unet_preset))
         last = last_metrics(folder / "train_metrics.csv")
