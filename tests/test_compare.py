@@ -190,3 +190,59 @@ def test_interrupted_comparison_marks_its_mlflow_run_failed(tmp_path, ixi_dir, m
     client = MlflowClient(config.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(config.experiment).experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_classical_3d_methods_on_subsets_with_quality_time_figure(tmp_path, ixi_dir):
+    """ANTs and DIPY in the comparison, each limited to the first test subject, oracle runs to the first subject,
+    given single-point grids (no validation runs): rows, the common-subjects table, the quality-time figure and
+    their MLflow child runs."""
+    config = load_config(tiny_config(
+        tmp_path, ixi_dir, methods=["noisy", "perona_malik", "ants", "dipy_nlmeans"],
+        evaluation={"noises": ["rician"], "levels": [0.15], "num_subjects": 2, "panel_level": 0.15,
+                    "subjects": {"ants": 1, "dipy_nlmeans": 1}, "oracle_subjects": 1},
+        tuning={"num_volumes": 1, "perona_malik_file": str(BUNDLE / "models" / "perona_malik.json"),
+                "grids": {"ants": {"r": [2], "shrink_factor": [1]}, "dipy_nlmeans": {"block_radius": [3], "sigma_factor": [1.0]}}}))
+    result = run_comparison(config)
+    rows = pd.read_csv(result["files"]["per_subject"])
+    counts = rows.groupby(["method", "sigma"]).size().to_dict()
+    assert counts == {("noisy", "blind"): 2, ("noisy", "oracle"): 1, ("perona_malik", "blind"): 2,
+                      ("perona_malik", "oracle"): 1, ("ants", "blind"): 1, ("ants", "oracle"): 1,
+                      ("dipy_nlmeans", "blind"): 1, ("dipy_nlmeans", "oracle"): 1}
+    first = rows[rows.subject == rows.subject.iloc[0]].set_index(["method", "sigma"])["psnr_head"]
+    for method in ("ants", "dipy_nlmeans"):  # at 15 % both improve on the noisy input
+        assert first[method, "blind"] > first["noisy", "blind"] + 0.5, method
+    report = result["files"]["report"].read_text(encoding="utf-8")
+    assert "ANTs DenoiseImage (tuned) on the first 1; DIPY nlmeans (tuned) on the first 1" in report
+    assert "on the 1 test subject(s) every method ran on" in report
+    image = imread(result["files"]["quality_time"])
+    assert image.ndim == 3 and image.shape[0] > 300 and image.std() > 0.01
+    client = MlflowClient(config.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(config.experiment).experiment_id], max_results=100)
+    ants = [r for r in runs if r.data.params.get("method") == "ants"]
+    assert len(ants) == 2 and {r.data.params["test_subjects"] for r in ants} == {"1"}
+    assert {r.data.params["r"] for r in ants} == {"2"} and all("seconds_per_volume" in r.data.metrics for r in ants)
+
+
+def test_subsets_of_unknown_methods_are_refused(tmp_path, ixi_dir):
+    with pytest.raises(ValueError, match="evaluation.subjects maps method names"):
+        load_config(tiny_config(tmp_path, ixi_dir, evaluation={"subjects": {"bm5d": 2}}))
+    with pytest.raises(ValueError, match="positive integer"):
+        load_config(tiny_config(tmp_path, ixi_dir, tuning={"volumes": {"bm4d": 0}}))
+
+
+def test_ablation_on_validation_subjects_past_the_checkpoint_pickers(tmp_path, ixi_dir):
+    """``evaluation.split: validation`` from ``first_subject`` on: the subjects evaluated are validation subjects
+    that neither picked a checkpoint nor are in the test split, and the report says so."""
+    from pipeline.data import load_manifest
+
+    config = load_config(tiny_config(tmp_path, ixi_dir, methods=["noisy", "perona_malik"],
+                                     evaluation={"split": "validation", "first_subject": 6, "num_subjects": 1,
+                                                 "noises": ["rician"], "levels": [0.05]},
+                                     tuning={"perona_malik_file": str(BUNDLE / "models" / "perona_malik.json")}))
+    result = run_comparison(config)
+    validation = load_manifest(config.manifest, "validation", config.data_root)
+    subjects = set(pd.read_csv(result["files"]["per_subject"])["subject"])
+    assert subjects == {validation[6]["subject"]}
+    assert "1 validation subjects of" in result["files"]["report"].read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="evaluation.split"):
+        load_config(tiny_config(tmp_path, ixi_dir, evaluation={"split": "train"}))

@@ -115,8 +115,12 @@ class GridTuned(Method):
         volumes = validation(noise, level)
         if not volumes:
             raise ValueError(f"{self.label}: no validation volumes to tune on for {noise} noise at level {level}")
+        points = self.points()
+        if len(points) == 1:  # nothing to choose: no validation runs
+            self.settings[noise, level] = dict(points[0])
+            return
         scores = {}
-        for point in self.points():
+        for point in points:
             values = [psnr(self.run(noisy, noise, level, point)[None], clean[None], mask[None]).item()
                       for noisy, clean, mask in volumes]
             scores[self.describe(point)] = (float(np.mean(values)), point)

@@ -16,15 +16,19 @@ import yaml
 from pipeline.transforms.noise import NOISE_MODELS
 
 CLASSICAL = ("perona_malik", "nl_means", "bm4d", "ants", "dipy_nlmeans")
-METHODS = ("noisy", *CLASSICAL, "diffnet_paper", "diffnet_guided", "diffnet_diffusion", "unet")
-LEARNED = ("diffnet_paper", "diffnet_guided", "diffnet_diffusion", "unet")
+LEARNED = ("diffnet_paper", "diffnet_guided", "diffnet_diffusion", "diffnet_context", "unet")
+METHODS = ("noisy", *CLASSICAL, *LEARNED)
 
 
 @dataclass
 class Evaluation:
     noises: list[str] = field(default_factory=lambda: list(NOISE_MODELS))
     levels: list[float] = field(default_factory=lambda: [0.03, 0.05, 0.07, 0.09, 0.15])
-    num_subjects: int | None = None  # None: every test subject of the manifest (whole volumes)
+    split: str = "test"  # "validation": an ablation or a model choice, never tuned on the test split
+    first_subject: int = 0  # skip the split's first subjects (validation: those that picked the checkpoint)
+    num_subjects: int | None = None  # None: every subject of the split from first_subject on (whole volumes)
+    subjects: dict[str, int] = field(default_factory=dict)  # method -> only its first n test subjects (slow ones)
+    oracle_subjects: int | None = None  # oracle runs (true level given) on the first n test subjects only; None: all
     panel_noise: str = "rician"
     panel_level: float = 0.05
 
@@ -51,6 +55,8 @@ class Tuning:
     num_volumes: int = 4
     perona_malik_file: str | None = None  # parameters tuned beforehand (bundle's models/perona_malik.json); None: tune
     nl_means_h: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0, 1.2])  # h / sigma candidates
+    volumes: dict[str, int] = field(default_factory=dict)  # method -> tuned on its first n validation subjects only
+    grids: dict[str, dict] = field(default_factory=dict)  # bm4d / ants / dipy_nlmeans -> {parameter: [candidates]}
 
 
 @dataclass
@@ -81,6 +87,22 @@ class CompareConfig:
             raise ValueError(f"evaluation levels must be fractions in (0, 1), got {self.evaluation.levels}")
         if self.unet_preset not in ("small", "paper"):
             raise ValueError(f"unet_preset must be 'small' or 'paper', got {self.unet_preset!r}")
+        for where, counts in (("evaluation.subjects", self.evaluation.subjects),
+                              ("tuning.volumes", self.tuning.volumes)):
+            if not isinstance(counts, dict) or set(counts) - set(METHODS):
+                raise ValueError(f"{where} maps method names {METHODS} to a number of subjects, got {counts!r}")
+            if not all(isinstance(n, int) and n >= 1 for n in counts.values()):
+                raise ValueError(f"{where}: every number of subjects must be a positive integer, got {counts}")
+        if self.evaluation.split not in ("test", "validation"):
+            raise ValueError(f"evaluation.split must be 'test' or 'validation', got {self.evaluation.split!r}")
+        if not isinstance(self.evaluation.first_subject, int) or self.evaluation.first_subject < 0:
+            raise ValueError(f"evaluation.first_subject must be a non-negative integer, got "
+                             f"{self.evaluation.first_subject!r}")
+        oracle = self.evaluation.oracle_subjects
+        if oracle is not None and not (isinstance(oracle, int) and oracle >= 1):
+            raise ValueError(f"evaluation.oracle_subjects must be a positive integer or null, got {oracle!r}")
+        if not isinstance(self.tuning.grids, dict) or set(self.tuning.grids) - {"bm4d", "ants", "dipy_nlmeans"}:
+            raise ValueError(f"tuning.grids are for bm4d, ants and dipy_nlmeans only, got {self.tuning.grids!r}")
         bad = sorted(set(self.checkpoints) - set(LEARNED))
         if bad:
             raise ValueError(f"checkpoints are for learned methods {LEARNED} only, got {bad}")

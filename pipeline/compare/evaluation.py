@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from tqdm import tqdm
@@ -76,12 +76,19 @@ def estimate_level(noisy: torch.Tensor, fallback: float) -> float:
 
 
 def evaluate(methods: Sequence[Method], test: NoisyVolumes, noises: Sequence[str], levels: Sequence[float],
-             panel: tuple[str, float] | None = None) -> tuple[list[dict], dict]:
+             panel: tuple[str, float] | None = None, subjects: Mapping[str, int] | None = None,
+             oracle_subjects: int | None = None,
+             after_condition: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], dict]:
     """Rows ``{method, noise, level, sigma, level_used, subject, psnr_head, ssim_head, psnr_image, ssim_image,
     seconds_per_volume}``, ``sigma`` being "oracle" (the true level given) or "blind" (the estimated level given).
     A method whose output does not depend on the level runs once, and its row stands for both. For the ``panel``
     condition, the middle axial slice of the first subject: ``{"clean", "noisy", "mask", <method name>: blind
-    output}`` (each ``(1, H, W)``)."""
+    output}`` (each ``(1, H, W)``).
+
+    ``subjects`` limits a (slow) method to the first n test subjects, ``oracle_subjects`` the oracle runs of every
+    method to the first n; ``after_condition(rows)`` is called with the rows so far after each condition (to save
+    them as they come)."""
+    subjects = subjects or {}
     rows, shown = [], {}
     conditions = [(noise, level) for noise in noises for level in levels]
     for noise, level in tqdm(conditions, desc="evaluating", unit="condition"):
@@ -92,7 +99,10 @@ def evaluate(methods: Sequence[Method], test: NoisyVolumes, noises: Sequence[str
             if show:
                 shown.update(clean=clean[..., z], noisy=noisy[..., z], mask=mask[..., z])
             for method in methods:
-                runs = {"oracle": level, "blind": estimated} if method.uses_level else {"blind": estimated}
+                if i >= subjects.get(method.name, len(test.volumes)):
+                    continue
+                oracle = method.uses_level and (oracle_subjects is None or i < oracle_subjects)
+                runs = {"oracle": level, "blind": estimated} if oracle else {"blind": estimated}
                 for mode, given in runs.items():
                     start = time.perf_counter()
                     out = method.denoise(noisy, noise, given)
@@ -103,8 +113,12 @@ def evaluate(methods: Sequence[Method], test: NoisyVolumes, noises: Sequence[str
                            "level_used": given if method.uses_level else float("nan"),
                            "subject": volume["subject"], **volume_metrics(out, clean, mask),
                            "seconds_per_volume": seconds}
-                    modes = [mode] if method.uses_level else list(MODES)
+                    # a level-free method's output stands for both modes, on the subjects each mode covers
+                    in_oracle = oracle_subjects is None or i < oracle_subjects
+                    modes = [mode] if method.uses_level else list(MODES) if in_oracle else ["blind"]
                     rows += [{**row, "sigma": m} for m in modes]
                     if show and mode == "blind":
                         shown[method.name] = out[..., z]
+        if after_condition is not None:
+            after_condition(rows)
     return rows, shown

@@ -53,12 +53,64 @@ def markdown_tables(summary: pd.DataFrame) -> str:
                      "blind": ", noise level estimated from each volume (blind)"}.get(sigma, "")
             parts.append(f"### {title}, {noise} noise{given} (mean ± std over subjects)\n\n{table.to_markdown()}\n")
     costs = summary.groupby("method", sort=False).agg(parameters=("parameters", "first"),
-                                                      seconds=("seconds_per_volume", "median"))
+                                                      seconds=("seconds_per_volume", "median"),
+                                                      subjects=("subjects", "max"))
     costs.index = [LABELS[m] for m in costs.index]
     costs = pd.DataFrame({"parameters": costs["parameters"].map("{:,}".format),
-                          "s / volume (median)": costs["seconds"].map("{:.2f}".format)}, index=costs.index)
-    parts.append(f"### Size and inference time\n\n{costs.to_markdown(colalign=('left', 'right', 'right'))}\n")
+                          "s / volume (median)": costs["seconds"].map("{:.2f}".format),
+                          "test subjects": costs["subjects"]}, index=costs.index)
+    parts.append(f"### Size, inference time and test subjects\n\n"
+                 f"{costs.to_markdown(colalign=('left', 'right', 'right', 'right'))}\n")
     return "\n".join(parts)
+
+
+def common_subjects_table(per_subject: pd.DataFrame) -> str:
+    """When some methods ran on fewer test subjects (``evaluation.subjects``), the blind PSNR in the head of every
+    method on only the subjects that all of them ran on, so that the slow methods are compared pairwise; else ""."""
+    blind = per_subject[per_subject["sigma"] == "blind"]
+    methods = list(dict.fromkeys(blind["method"]))
+    common = set.intersection(*(set(blind.loc[blind["method"] == m, "subject"]) for m in methods))
+    if not common or len(common) == blind["subject"].nunique():
+        return ""
+    block = blind[blind["subject"].isin(common)]
+    table = block.groupby(["method", "noise", "level"], sort=False)["psnr_head"].mean().unstack(["noise", "level"])
+    table = table.reindex(methods)
+    table.columns = [f"{noise} {level:.0%}" for noise, level in table.columns]
+    table.index = [LABELS[m] for m in table.index]
+    return (f"### PSNR head (dB), noise level estimated (blind), on the {len(common)} test subject(s) every method "
+            f"ran on ({', '.join(sorted(common))})\n\n{table.to_markdown(floatfmt='.2f')}\n")
+
+
+def quality_time_plot(summary: pd.DataFrame, noise: str, level: float) -> plt.Figure:
+    """PSNR in the head (mean, error bar: std over subjects) against median seconds per volume, one point per
+    method, at one condition with the estimated noise level (blind); the noisy input is the dashed line."""
+    rows = summary[(summary["noise"] == noise) & np.isclose(summary["level"], level) & (summary["sigma"] == "blind")]
+    if rows.empty:
+        raise ValueError(f"no blind results at {noise} noise, level {level}")
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    for i, row in enumerate(rows.itertuples()):
+        if row.method == "noisy":
+            ax.axhline(row.psnr_head_mean, color="grey", linestyle="--", label=f"{LABELS['noisy']}")
+            continue
+        marker, _ = STYLES[i % len(STYLES)]
+        ax.errorbar(row.seconds_per_volume, row.psnr_head_mean, yerr=0 if pd.isna(row.psnr_head_std)
+                    else row.psnr_head_std, color=f"C{i}", marker=marker, markersize=9, capsize=3, linestyle="none",
+                    label=f"{LABELS[row.method]} ({row.subjects} subjects)")
+        ax.annotate(f"{row.psnr_head_mean:.2f} dB, {row.seconds_per_volume:.1f} s",
+                    (row.seconds_per_volume, row.psnr_head_mean), textcoords="offset points", xytext=(8, 6),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per whole volume (median, log scale)")
+    ax.set_ylabel(METRICS["psnr_head"])
+    ax.set_title(f"Quality and time, {noise} noise {level:.0%}, noise level estimated from each volume")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def quality_time_figure(summary: pd.DataFrame, noise: str, level: float, path: Path) -> Path:
+    """Write :func:`quality_time_plot` as a PNG."""
+    return save_figure(quality_time_plot(summary, noise, level), path)
 
 
 # one (marker, dash pattern) per method, in the order methods were given; colours follow matplotlib's cycle

@@ -14,6 +14,7 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -22,7 +23,8 @@ from pipeline.compare.evaluation import NoisyVolumes, evaluate, load_volumes
 from pipeline.compare.learned import data_overrides, load_learned, train_tracked
 from pipeline.compare.methods import LABELS, Method, NonLocalMeans, TunedPeronaMalik
 from pipeline.atomic_write import write_text_atomic
-from pipeline.compare.report import markdown_tables, metrics_figure, summarise, visual_panel
+from pipeline.compare.report import (common_subjects_table, markdown_tables, metrics_figure, quality_time_figure,
+                                     summarise, visual_panel)
 from pipeline.compare.tracking import ComparisonTracker, default_tracking_uri
 from pipeline.data import load_manifest
 
@@ -93,7 +95,7 @@ def classical_method(name: str, config: CompareConfig) -> Method | None:
     if note:
         print(f"skipping {LABELS[name]}: {note}", flush=True)
         return None
-    return classical.METHODS[name]()
+    return classical.METHODS[name](tu.grids.get(name))
 
 
 def run_comparison(config: CompareConfig) -> dict:
@@ -105,9 +107,11 @@ def run_comparison(config: CompareConfig) -> dict:
     device = resolve_device(config.device)
     ev, tu = config.evaluation, config.tuning
     validation = load_manifest(config.manifest, "validation", config.data_root)[:tu.num_volumes]
-    test = load_manifest(config.manifest, "test", config.data_root)[:ev.num_subjects]
+    first = ev.first_subject
+    test = load_manifest(config.manifest, ev.split, config.data_root)[first:None if ev.num_subjects is None
+                                                                      else first + ev.num_subjects]
     if not test:
-        raise ValueError(f"{config.manifest} has no test subjects")
+        raise ValueError(f"{config.manifest} has no {ev.split} subjects from number {first + 1} on")
     tracking_uri = config.tracking_uri or default_tracking_uri()
     tracker = ComparisonTracker(tracking_uri, config.experiment, f"{config.name} {started:%Y-%m-%d %H:%M:%S}",
                                 {"config": config.as_dict(), "hardware": hardware(), "budget": budget_text(config),
@@ -124,10 +128,15 @@ def run_comparison(config: CompareConfig) -> dict:
         for noise in ev.noises:
             for level in ev.levels:
                 for method in methods:
-                    method.tune(noise, level, val)
-        test_volumes = NoisyVolumes(load_volumes(test, "loading test volumes"), config.seed + 1)
+                    n = tu.volumes.get(method.name)
+                    method.tune(noise, level, val if n is None else lambda *condition: val(*condition)[:n])
+        test_volumes = NoisyVolumes(load_volumes(test, f"loading {ev.split} volumes"), config.seed + 1)
         panel_condition = (ev.panel_noise, ev.panel_level)
-        rows, shown = evaluate(methods, test_volumes, ev.noises, ev.levels, panel_condition)
+        def save_rows(rows: list[dict]) -> None:  # after each condition: a crash keeps what was measured
+            write_text_atomic(out / "per_subject.csv", pd.DataFrame(rows).to_csv(index=False))
+
+        rows, shown = evaluate(methods, test_volumes, ev.noises, ev.levels, panel_condition, ev.subjects,
+                               ev.oracle_subjects, save_rows)
         files = write_report(config, methods, rows, shown, out, started, len(test))
         summary = pd.read_csv(files["summary"])
         for row in summary.itertuples():
@@ -136,12 +145,22 @@ def run_comparison(config: CompareConfig) -> dict:
                        if k.endswith(("_mean", "_std")) or k == "seconds_per_volume"}
             tracker.result_run(row.method, row.noise, row.level,
                                {"label": LABELS[row.method], "sigma": row.sigma, "parameters": int(row.parameters),
+                                "test_subjects": int(row.subjects),
                                 **{k: v for k, v in method.settings.get((row.noise, row.level), {}).items()}},
                                {k: v for k, v in metrics.items() if pd.notna(v)}, [])
         tracker.finish({"minutes": (datetime.datetime.now() - started).total_seconds() / 60},
                        [p for p in files.values()])
     return {"summary": summary, "files": files, "tracking_uri": tracking_uri,
             "minutes": (datetime.datetime.now() - started).total_seconds() / 60}
+
+
+def subsets_text(config: CompareConfig) -> str:
+    """A report line naming the methods (and the oracle runs) limited to the first test subjects, or ""."""
+    ev = config.evaluation
+    parts = [f"{LABELS[m]} on the first {n}" for m, n in ev.subjects.items() if m in config.methods]
+    if ev.oracle_subjects is not None:
+        parts.append(f"oracle runs (every method) on the first {ev.oracle_subjects}")
+    return f"- subsets of the test subjects, for time: {'; '.join(parts)}\n" if parts else ""
 
 
 def write_report(config: CompareConfig, methods: list[Method], rows: list[dict], shown: dict, out: Path,
@@ -153,6 +172,10 @@ def write_report(config: CompareConfig, methods: list[Method], rows: list[dict],
     write_text_atomic(files["per_subject"], per_subject.to_csv(index=False))
     write_text_atomic(files["summary"], summary.to_csv(index=False))
     metrics_figure(summary[summary["sigma"] == "blind"], files["figure"])  # what a user gets
+    ev = config.evaluation
+    if ((summary["noise"] == ev.panel_noise) & np.isclose(summary["level"], ev.panel_level)).any():
+        files["quality_time"] = out / "quality_time.png"
+        quality_time_figure(summary, ev.panel_noise, ev.panel_level, files["quality_time"])
     if shown:
         files["panel"] = out / "panel.png"
         visual_panel(shown, [m.name for m in methods], files["panel"],
@@ -163,10 +186,13 @@ def write_report(config: CompareConfig, methods: list[Method], rows: list[dict],
     header = (f"# Comparison `{config.name}`\n\n"
               f"- date: {started:%Y-%m-%d %H:%M}, wall time {(datetime.datetime.now() - started).total_seconds() / 60:.1f} min\n"
               f"- hardware: {hardware()}\n"
-              f"- test: {num_test} subjects of `{config.manifest}`, whole volumes, noise seeded ({config.seed + 1}) "
+              f"- evaluated on: {num_test} {config.evaluation.split} subjects of `{config.manifest}`"
+              f"{f' from number {config.evaluation.first_subject + 1} on' if config.evaluation.first_subject else ''}"
+              f", whole volumes, noise seeded ({config.seed + 1}) "
               f"per volume; every method that takes a noise level is run with the true level (oracle) and with "
               f"the level estimated from the noisy volume (blind)\n"
+              f"{subsets_text(config)}"
               f"- learned methods: {budget_text(config)}\n"
               f"- classical methods tuned per noise and level on validation subjects: {tuned}\n\n")
-    write_text_atomic(files["report"], header + markdown_tables(summary))
+    write_text_atomic(files["report"], header + markdown_tables(summary) + "\n" + common_subjects_table(per_subject))
     return files
