@@ -472,6 +472,28 @@ def test_3d_diffnet_trains_and_denoises_with_a_sliding_window(ixi, work, small_n
     assert np.isfinite(result.get_fdata()).all()
 
 
+def test_context_diffnet_trains_and_denoises_slice_by_slice_with_neighbours(ixi, work, small_nifti):
+    """The 2.5D method file: training on patches 3 slices thick, inference with SliceContextInferer, so the output
+    keeps the input's grid; the checkpoint loads into a DiffNet that takes the slice, 2 neighbours and the map."""
+    out = work / "train_context"
+    small_net = {"network_def#num_layers": 2, "network_def#estimator_channels": 8}
+    proc = run_bundle(bundle_args("run training", "train.yaml", "methods/diffnet_context.yaml", dataset_dir=ixi,
+                                  output_dir=out, **small_net) + SMALL_TRAINING, work / "train_context.log")
+    assert_ok(proc)
+    assert "val_psnr_head" in proc.stdout
+    net = DiffNet(num_layers=2, estimator_channels=8, guidance=True, noise_map=True, context_slices=1)
+    net.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    denoised = work / "infer_context"
+    proc = run_bundle(bundle_args("run inference", "inference.yaml", "methods/diffnet_context.yaml",
+                                  dataset_dir=small_nifti.parent, output_dir=denoised, ckpt_path=out / "model.pt",
+                                  **small_net), work / "infer_context.log")
+    assert_ok(proc)
+    original, result = nib.load(str(small_nifti)), nib.load(str(denoised / "small_denoised.nii.gz"))
+    assert result.shape == original.shape and np.allclose(result.affine, original.affine, atol=1e-4)
+    x, y = original.get_fdata(), result.get_fdata()
+    assert np.isfinite(y).all() and abs(y.mean() - x.mean()) < 0.1 * x.mean()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 6. inference on a DICOM series
 

@@ -24,6 +24,7 @@ METHOD_FILES = {
     "diffnet_guided": [],  # train.yaml itself: the shipped model
     "diffnet_paper": ["methods/diffnet_paper.yaml"],
     "diffnet_diffusion": ["methods/diffnet_diffusion.yaml"],
+    "diffnet_context": ["methods/diffnet_context.yaml"],
     "unet": ["methods/unet.yaml"],
 }
 

@@ -32,6 +32,7 @@ LABELS = {
     "diffnet_paper": "DiffNet (paper)",
     "diffnet_guided": "DiffNet + guidance + noise map",
     "diffnet_diffusion": "DiffNet + guidance + noise map, diffusion mode",
+    "diffnet_context": "DiffNet 2.5D (+ neighbouring slices, guidance, noise map)",
     "unet": "residual U-Net + noise map",
 }
 

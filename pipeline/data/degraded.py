@@ -133,7 +133,7 @@ def perona_malik_eval_transforms(num_iter: int = 4, kappa: float = 0.1, noise_si
 def perona_malik_patches_2d(roi_size: Sequence[int] = (64, 64), samples_per_volume: int = 8, noise=None,
                             level_range=None, noise_map: bool = False, num_iter: int = 4, kappa: float = 0.1,
                             noise_sigma: float = 0.0, dt: float | None = None, diffusivity: str = "rational",
-                            reader=None) -> Compose:
+                            reader=None, context_slices: int = 0) -> Compose:
     """Training pipeline for inverting Perona-Malik diffusion: ``{"label": path[, "slices": ...]}`` -> a list of
     ``samples_per_volume`` items with ``"label"`` (clean), ``"image"`` (degraded) and ``"mask"`` of shape
     ``(1, roi_h, roi_w)``, centred on head voxels.
@@ -141,9 +141,10 @@ def perona_malik_patches_2d(roi_size: Sequence[int] = (64, 64), samples_per_volu
     The whole axial slice is diffused (cached with the loaded volume), then cropped, so a patch's input is exactly
     the test-time forward model's, borders included; the Gaussian noise (``noise_sigma``) is drawn afresh per patch.
     ``noise`` and ``level_range`` are accepted because the bundle passes them, and ignored: the degradation is the
-    forward model. ``noise_map`` must be false.
+    forward model. ``noise_map`` must be false, ``context_slices`` 0.
     """
     _no_noise_map(noise_map)
+    _no_context(context_slices)
     roi_size = _roi_2d(roi_size)
     keys = ["label", "image", MASK_KEY]
     noise = [RandMRINoised(source_key="image", target_key="image", noise="gaussian",
@@ -160,10 +161,11 @@ def perona_malik_patches_2d(roi_size: Sequence[int] = (64, 64), samples_per_volu
 
 def slice_patches_2d(roi_size: Sequence[int] = (64, 64), samples_per_volume: int = 8,
                      noise: str | Sequence[str] = "rician", level_range: Sequence[float] = (0.03, 0.15),
-                     noise_map: bool = False, reader=None) -> Compose:
+                     noise_map: bool = False, reader=None, context_slices: int = 0) -> Compose:
     """:func:`pipeline.data.slice_transforms_2d` (noisy 2D axial patches centred on head voxels, items of shape
     ``(1, roi_h, roi_w)``, ``"image"`` ``(2, roi_h, roi_w)`` with ``noise_map``) drawn only from the axial slices an
-    entry lists under ``"slices"`` (all of them without it)."""
+    entry lists under ``"slices"`` (all of them without it); ``context_slices`` must be 0."""
+    _no_context(context_slices)
     roi_size = _roi_2d(roi_size)
     return Compose([
         *volume_transforms("label", reader=reader).transforms,
@@ -186,3 +188,8 @@ def _no_noise_map(noise_map) -> None:
     if noise_map and str(noise_map).lower() not in ("false", "0"):
         raise ValueError("noise_map must be false for the Perona-Malik forward model (it has no noise level to map); "
                          "override noise_map=False")
+
+
+def _no_context(context_slices) -> None:
+    if int(context_slices):
+        raise ValueError("the paper experiments train 2D networks on single slices: context_slices must be 0")

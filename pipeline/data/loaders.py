@@ -27,7 +27,8 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from pipeline.transforms import HeadMaskd, MRINoised, NoiseMapd, RandMRINoised, ScaleToReferenced
+from pipeline.transforms import (HeadMaskd, MRINoised, NoiseMapd, RandMRINoised, ScaleToReferenced,
+                                SlicesWithContextd)
 
 __all__ = [
     "axial_slices",
@@ -102,6 +103,7 @@ def slice_transforms_2d(
     level_range: Sequence[float] = (0.03, 0.15),
     reader=None,
     noise_map: bool = False,
+    context_slices: int = 0,
 ) -> Compose:
     """Training pipeline of 2D axial patches with random noise: ``{"label": path}`` -> a list of
     ``samples_per_volume`` items with ``"label"``, ``"image"``, ``"mask"`` of shape ``(1, roi_h, roi_w)``.
@@ -109,18 +111,25 @@ def slice_transforms_2d(
     Patches come from axial slices (the last RAS axis), centred on head voxels; the noise level is drawn per patch
     from ``level_range`` (fraction of the reference intensity, i.e. of 1.0), the model per patch from ``noise``
     when it lists several. ``noise_map``: ``"image"`` gets the noise-level map as a second channel,
-    ``(2, roi_h, roi_w)``, for noise-aware networks.
+    ``(2, roi_h, roi_w)``, for noise-aware networks. ``context_slices`` ``k > 0`` (2.5D): the patch is ``2k + 1``
+    slices thick, noised as a whole, and ``"image"`` holds the slice, its ``2k`` noisy neighbours and then the map
+    (:class:`pipeline.transforms.SlicesWithContextd`); ``"label"`` and ``"mask"`` are the middle slice.
     """
     roi_size = tuple(int(s) for s in roi_size)
     if len(roi_size) != 2:
         raise ValueError(f"roi_size must be (h, w) for 2D slices, got {roi_size}")
+    context_slices = int(context_slices)
+    noised = [RandMRINoised(source_key="label", target_key="image", noise=noise, level_range=tuple(level_range)),
+              *_noise_map(noise_map)]
+    if context_slices:
+        slices = [*noised, SlicesWithContextd("image", context_slices, centre_keys=["label", MASK_KEY])]
+    else:
+        slices = [SqueezeDimd(keys=["label", MASK_KEY], dim=-1), *noised]
     return Compose(
         [
             *volume_transforms("label", reader=reader).transforms,
-            *_patch_pipeline((*roi_size, 1), samples_per_volume),
-            SqueezeDimd(keys=["label", MASK_KEY], dim=-1),
-            RandMRINoised(source_key="label", target_key="image", noise=noise, level_range=tuple(level_range)),
-            *_noise_map(noise_map),
+            *_patch_pipeline((*roi_size, 2 * context_slices + 1), samples_per_volume),
+            *slices,
         ]
     )
 
@@ -132,9 +141,13 @@ def patch_transforms_3d(
     level_range: Sequence[float] = (0.03, 0.15),
     reader=None,
     noise_map: bool = False,
+    context_slices: int = 0,
 ) -> Compose:
     """Training pipeline of 3D patches with random noise: items of shape ``(1, *roi_size)``, centred on the head
-    (``"image"`` ``(2, *roi_size)`` with ``noise_map``, as in :func:`slice_transforms_2d`)."""
+    (``"image"`` ``(2, *roi_size)`` with ``noise_map``, as in :func:`slice_transforms_2d`). ``context_slices`` is
+    for 2D networks and must be 0."""
+    if int(context_slices):
+        raise ValueError("context_slices is for 2D networks; a 3D network sees its context already (use 0)")
     roi_size = tuple(int(s) for s in roi_size)
     if len(roi_size) != 3:
         raise ValueError(f"roi_size must be (h, w, d) for 3D patches, got {roi_size}")

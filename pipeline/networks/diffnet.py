@@ -108,6 +108,12 @@ class DiffNet(nn.Module):
             or spatially varying; :class:`pipeline.transforms.NoiseMapd` adds it). The map is not diffused: every
             layer's estimator and the guidance encoder see it beside the current state, so the filters adapt to
             the noise (FFDNet's conditioning), and one model serves every level.
+        context_slices: 2D only. ``k > 0``: the input also holds the ``2k`` neighbouring axial slices of the
+            denoised one (2.5D), ``C = 1 + 2k (+ 1)``: channel 0 the slice, then slices ``z-k .. z-1, z+1 .. z+k``,
+            then the noise map if any (:func:`pipeline.transforms.slices_with_context` builds this layout; the
+            :class:`pipeline.inferers.SliceContextInferer` runs it over a volume). Only the slice is diffused; the
+            neighbours, like the map, are seen by every estimator and the guidance encoder, so the filters can
+            tell structure that continues across slices from noise that does not.
 
     Inputs are intensities normalised to the reference intensity (about 1.0 in tissue); any spatial size and batch
     size, float32 or bfloat16. The paper preset :meth:`paper` has 101,310 parameters in 2D.
@@ -115,7 +121,7 @@ class DiffNet(nn.Module):
 
     def __init__(self, spatial_dims: int = 2, num_layers: int = 5, estimator_depth: int = 4,
                  estimator_channels: int = 32, guidance: bool | GuidanceEncoder = False, mode: str = "free",
-                 final_relu: bool = True, noise_map: bool = False) -> None:
+                 final_relu: bool = True, noise_map: bool = False, context_slices: int = 0) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
@@ -125,7 +131,10 @@ class DiffNet(nn.Module):
                             ("estimator_channels", estimator_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.in_channels = 2 if noise_map else 1
+        if not isinstance(context_slices, int) or context_slices < 0 or (context_slices and spatial_dims != 2):
+            raise ValueError(f"context_slices must be a non-negative integer, and 0 in 3D, got {context_slices!r}")
+        self.context_slices = context_slices
+        self.in_channels = 1 + 2 * context_slices + (1 if noise_map else 0)
         if guidance is True:
             guidance = GuidanceEncoder(spatial_dims, in_channels=self.in_channels)
         if isinstance(guidance, GuidanceEncoder):
@@ -163,14 +172,15 @@ class DiffNet(nn.Module):
     def forward_with_filters(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Denoised output and the filter maps of every layer (see :class:`DiffNetLayer`), for interpretation."""
         if x.dim() != self.spatial_dims + 2 or x.size(1) != self.in_channels:
-            what = "image and noise map" if self.noise_map else "image"
+            what = "image" + (f", {2 * self.context_slices} neighbouring slices" if self.context_slices else "") + (
+                " and noise map" if self.noise_map else "")
             raise ValueError(
                 f"DiffNet({self.spatial_dims}D) expects input of shape (B, {self.in_channels}, "
                 f"*{self.spatial_dims} spatial dims) ({what}), got {list(x.shape)}"
             )
         context: List[torch.Tensor] = []
-        if self.noise_map:
-            context.append(x.narrow(1, 1, 1))
+        if self.in_channels > 1:  # neighbouring slices and the noise map
+            context.append(x.narrow(1, 1, self.in_channels - 1))
         if self.use_guidance:
             context.append(self.guidance(x))
         guide: Optional[torch.Tensor] = torch.cat(context, dim=1) if len(context) > 0 else None

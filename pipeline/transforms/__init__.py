@@ -21,6 +21,7 @@ from pipeline.transforms.noise_estimation import (
     RecordNoiseLeveld,
 )
 from pipeline.transforms.noise_map import NoiseMapd
+from pipeline.transforms.slice_context import SlicesWithContextd, slices_with_context
 
 __all__ = [
     "AtomicSaveImage",
@@ -41,5 +42,7 @@ __all__ = [
     "RestoreIntensityd",
     "ScaleToReference",
     "ScaleToReferenced",
+    "SlicesWithContextd",
     "reference_intensity",
+    "slices_with_context",
 ]
