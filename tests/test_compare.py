@@ -221,6 +221,8 @@ def test_classical_3d_methods_on_subsets_with_quality_time_figure(tmp_path, ixi_
     ants = [r for r in runs if r.data.params.get("method") == "ants"]
     assert len(ants) == 2 and {r.data.params["test_subjects"] for r in ants} == {"1"}
     assert {r.data.params["r"] for r in ants} == {"2"} and all("seconds_per_volume" in r.data.metrics for r in ants)
+    dipy = [r for r in runs if r.data.params.get("method") == "dipy_nlmeans"]  # its own "method" is tuned_method
+    assert len(dipy) == 2 and {r.data.params["tuned_method"] for r in dipy} == {"classic"}
 
 
 def test_subsets_of_unknown_methods_are_refused(tmp_path, ixi_dir):

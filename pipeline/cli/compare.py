@@ -33,16 +33,19 @@ def run(args) -> int:
     given = {"blind": "noise level estimated from each volume (blind)", "oracle": "true noise level given (oracle)"}
     for (noise, sigma), block in summary.groupby(["noise", "sigma"], sort=False):
         table = block.pivot(index="method", columns="level", values="psnr_head_mean")
-        table = table.reindex(list(dict.fromkeys(block["method"])))
-        table.index = [LABELS[m] for m in table.index]
+        methods = list(dict.fromkeys(block["method"]))
+        table = table.reindex(methods)
         table.columns = [f"{level:.0%}" for level in table.columns]
-        print(f"\nPSNR inside the head (dB), mean over {int(block['subjects'].max())} whole test volumes, {noise} "
-              f"noise, {given[sigma]}:")
+        counts = block.groupby("method")["subjects"].max()
+        table.insert(0, "subjects", [int(counts[m]) for m in methods])
+        table.index = [LABELS[m] for m in methods]
+        print(f"\nPSNR inside the head (dB), mean over whole {config.evaluation.split} volumes (subjects: how many), "
+              f"{noise} noise, {given[sigma]}:")
         print(table.to_string(float_format=lambda v: f"{v:.2f}"))
     files = result["files"]
     print(f"\nfinished in {result['minutes']:.1f} min")
     print(f"report:  {files['report'].resolve()}")
-    print(f"figures: {files['figure'].resolve()}" + (f"\n         {files['panel'].resolve()}" if "panel" in files
-                                                       else ""))
+    figures = [files[k].resolve() for k in ("figure", "quality_time", "panel") if k in files]
+    print("figures: " + "\n         ".join(map(str, figures)))
     print(ui_hint(result["tracking_uri"], config.experiment))
     return 0

@@ -87,7 +87,7 @@ def quality_time_plot(summary: pd.DataFrame, noise: str, level: float) -> plt.Fi
     rows = summary[(summary["noise"] == noise) & np.isclose(summary["level"], level) & (summary["sigma"] == "blind")]
     if rows.empty:
         raise ValueError(f"no blind results at {noise} noise, level {level}")
-    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8, 6.5), layout="constrained")
     for i, row in enumerate(rows.itertuples()):
         if row.method == "noisy":
             ax.axhline(row.psnr_head_mean, color="grey", linestyle="--", label=f"{LABELS['noisy']}")
@@ -97,14 +97,14 @@ def quality_time_plot(summary: pd.DataFrame, noise: str, level: float) -> plt.Fi
                     else row.psnr_head_std, color=f"C{i}", marker=marker, markersize=9, capsize=3, linestyle="none",
                     label=f"{LABELS[row.method]} ({row.subjects} subjects)")
         ax.annotate(f"{row.psnr_head_mean:.2f} dB, {row.seconds_per_volume:.1f} s",
-                    (row.seconds_per_volume, row.psnr_head_mean), textcoords="offset points", xytext=(8, 6),
-                    fontsize=8)
+                    (row.seconds_per_volume, row.psnr_head_mean), textcoords="offset points",
+                    xytext=(8, 6 if i % 2 else -12), fontsize=8)  # alternate above / below: close points stay legible
     ax.set_xscale("log")
     ax.set_xlabel("seconds per whole volume (median, log scale)")
     ax.set_ylabel(METRICS["psnr_head"])
     ax.set_title(f"Quality and time, {noise} noise {level:.0%}, noise level estimated from each volume")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right", fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     return fig
 
 

@@ -143,10 +143,12 @@ def run_comparison(config: CompareConfig) -> dict:
             method = next(m for m in methods if m.name == row.method)
             metrics = {k: getattr(row, k) for k in summary.columns
                        if k.endswith(("_mean", "_std")) or k == "seconds_per_volume"}
-            tracker.result_run(row.method, row.noise, row.level,
-                               {"label": LABELS[row.method], "sigma": row.sigma, "parameters": int(row.parameters),
-                                "test_subjects": int(row.subjects),
-                                **{k: v for k, v in method.settings.get((row.noise, row.level), {}).items()}},
+            params = {"label": LABELS[row.method], "sigma": row.sigma, "parameters": int(row.parameters),
+                      "test_subjects": int(row.subjects)}
+            tuned = method.settings.get((row.noise, row.level), {})  # e.g. DIPY's "method": "classic" -> tuned_method
+            params.update({f"tuned_{k}" if k in (*params, "method", "noise", "level") else k: v
+                           for k, v in tuned.items()})
+            tracker.result_run(row.method, row.noise, row.level, params,
                                {k: v for k, v in metrics.items() if pd.notna(v)}, [])
         tracker.finish({"minutes": (datetime.datetime.now() - started).total_seconds() / 60},
                        [p for p in files.values()])

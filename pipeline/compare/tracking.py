@@ -100,8 +100,8 @@ class ComparisonTracker:
                    artifacts: list[Path] = ()) -> None:
         def record():
             given = f" {params['sigma']}" if "sigma" in params else ""  # oracle / blind noise level
-            run_id = self._child(f"{method} {noise} {level:.0%}{given}", {"method": method, "noise": noise,
-                                                                           "level": level, **params})
+            run_id = self._child(f"{method} {noise} {level:.0%}{given}", {**params, "method": method, "noise": noise,
+                                                                           "level": level})
             for key, value in metrics.items():
                 self.client.log_metric(run_id, key, float(value))
                 self.metric_keys[key] = None
