@@ -132,6 +132,7 @@ def run_comparison(config: CompareConfig) -> dict:
                     method.tune(noise, level, val if n is None else lambda *condition: val(*condition)[:n])
         test_volumes = NoisyVolumes(load_volumes(test, f"loading {ev.split} volumes"), config.seed + 1)
         panel_condition = (ev.panel_noise, ev.panel_level)
+
         def save_rows(rows: list[dict]) -> None:  # after each condition: a crash keeps what was measured
             write_text_atomic(out / "per_subject.csv", pd.DataFrame(rows).to_csv(index=False))
 
