@@ -95,14 +95,14 @@ def evaluate(methods: Sequence[Method], test: NoisyVolumes, noises: Sequence[str
         for i, ((noisy, clean, mask), volume) in enumerate(zip(test(noise, level), test.volumes)):
             estimated = estimate_level(noisy, level)
             show = i == 0 and (noise, level) == panel
+            in_oracle = oracle_subjects is None or i < oracle_subjects  # this subject also gets oracle runs
             z = clean.shape[-1] // 2
             if show:
                 shown.update(clean=clean[..., z], noisy=noisy[..., z], mask=mask[..., z])
             for method in methods:
                 if i >= subjects.get(method.name, len(test.volumes)):
                     continue
-                oracle = method.uses_level and (oracle_subjects is None or i < oracle_subjects)
-                runs = {"oracle": level, "blind": estimated} if oracle else {"blind": estimated}
+                runs = {"oracle": level, "blind": estimated} if method.uses_level and in_oracle else {"blind": estimated}
                 for mode, given in runs.items():
                     start = time.perf_counter()
                     out = method.denoise(noisy, noise, given)
@@ -114,7 +114,6 @@ def evaluate(methods: Sequence[Method], test: NoisyVolumes, noises: Sequence[str
                            "subject": volume["subject"], **volume_metrics(out, clean, mask),
                            "seconds_per_volume": seconds}
                     # a level-free method's output stands for both modes, on the subjects each mode covers
-                    in_oracle = oracle_subjects is None or i < oracle_subjects
                     modes = [mode] if method.uses_level else list(MODES) if in_oracle else ["blind"]
                     rows += [{**row, "sigma": m} for m in modes]
                     if show and mode == "blind":
