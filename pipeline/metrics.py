@@ -36,21 +36,36 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     return 10 * torch.log10(peak**2 / mse)
 
 
+def _ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> torch.Tensor:
+    spatial_dims = pred.dim() - 2
+    ssim_map, _ = compute_ssim_and_cs(pred.float(), target.float(), spatial_dims, [SSIM_WINDOW] * spatial_dims,
+                                      [SSIM_SIGMA] * spatial_dims, data_range=data_range)
+    return ssim_map
+
+
+def _mean_inside(ssim_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # the SSIM map is the 'valid' part of the convolution: crop the mask to the same window centres
+    half = SSIM_WINDOW // 2
+    m = (mask > 0).float()
+    for axis in range(mask.dim() - 2):
+        m = m.narrow(2 + axis, half, m.size(2 + axis) - 2 * half)
+    return (ssim_map * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+
+
 def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
          data_range: float = 1.0) -> torch.Tensor:
     """Mean SSIM per batch item, shape ``(B,)`` (Gaussian window 11, sigma 1.5); inside ``mask`` when given."""
     _check(pred, target, mask)
-    spatial_dims = pred.dim() - 2
-    pred, target = pred.float(), target.float()
     if mask is None:
-        metric = SSIMMetric(spatial_dims, data_range=data_range, win_size=SSIM_WINDOW, kernel_sigma=SSIM_SIGMA,
+        metric = SSIMMetric(pred.dim() - 2, data_range=data_range, win_size=SSIM_WINDOW, kernel_sigma=SSIM_SIGMA,
                             reduction="none")
-        return metric(pred, target).reshape(-1)
-    ssim_map, _ = compute_ssim_and_cs(pred, target, spatial_dims, [SSIM_WINDOW] * spatial_dims,
-                                      [SSIM_SIGMA] * spatial_dims, data_range=data_range)
-    # the SSIM map is the 'valid' part of the convolution: crop the mask to the same window centres
-    half = SSIM_WINDOW // 2
-    m = (mask > 0).float()
-    for axis in range(spatial_dims):
-        m = m.narrow(2 + axis, half, m.size(2 + axis) - 2 * half)
-    return (ssim_map * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+        return metric(pred.float(), target.float()).reshape(-1)
+    return _mean_inside(_ssim_map(pred, target, data_range), mask)
+
+
+def ssim_inside_and_whole(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                          data_range: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ssim(pred, target, mask), ssim(pred, target))`` from one SSIM map: half the work of two calls."""
+    _check(pred, target, mask)
+    ssim_map = _ssim_map(pred, target, data_range)
+    return _mean_inside(ssim_map, mask), ssim_map.flatten(1).mean(1)

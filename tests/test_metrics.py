@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 
-from pipeline.metrics import psnr, ssim
+from pipeline.metrics import psnr, ssim, ssim_inside_and_whole
 
 
 def images(shape=(2, 1, 40, 36), seed=0):
@@ -23,6 +23,18 @@ def test_full_mask_equals_monai_whole_image_metrics(shape):
     monai_ssim = SSIMMetric(len(shape) - 2, data_range=1.0, reduction="none")(pred, target).reshape(-1)
     assert torch.allclose(ssim(pred, target, ones), monai_ssim, atol=1e-6)
     assert torch.allclose(ssim(pred, target), monai_ssim, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 40, 36), (1, 1, 20, 18, 16)])
+def test_one_ssim_map_gives_the_masked_and_the_whole_image_ssim(shape):
+    pred, target = images(shape)
+    mask = torch.zeros_like(target)
+    mask[:, :, : shape[2] // 2] = 1
+    pred = pred + 0.2 * mask * torch.randn_like(pred)  # noisier inside the mask
+    inside, whole = ssim_inside_and_whole(pred, target, mask)
+    assert torch.allclose(inside, ssim(pred, target, mask), atol=1e-6)
+    assert torch.allclose(whole, ssim(pred, target), atol=1e-6)
+    assert (inside < whole - 0.05).all()  # the mask does change the mean
 
 
 def test_masked_psnr_counts_only_mask_voxels():

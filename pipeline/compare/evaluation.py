@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline.compare.methods import Method
 from pipeline.data.loaders import volume_transforms
-from pipeline.metrics import psnr, ssim
+from pipeline.metrics import psnr, ssim_inside_and_whole
 from pipeline.transforms import EstimateNoiseLevel, MRINoised, NoiseEstimateWarning
 
 MODES = ("oracle", "blind")
@@ -59,11 +59,12 @@ class NoisyVolumes:
 def volume_metrics(out: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> dict:
     """PSNR and SSIM of one ``(1, H, W, D)`` volume, inside the head and over the image."""
     out, clean, mask = out[None].float(), clean[None], mask[None]
+    ssim_head, ssim_image = ssim_inside_and_whole(out, clean, mask)
     return {
         "psnr_head": psnr(out, clean, mask).item(),
-        "ssim_head": ssim(out, clean, mask).item(),
+        "ssim_head": ssim_head.item(),
         "psnr_image": psnr(out, clean).item(),
-        "ssim_image": ssim(out, clean).item(),
+        "ssim_image": ssim_image.item(),
     }
 
 

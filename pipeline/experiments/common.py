@@ -34,7 +34,7 @@ from pipeline.compare.tracking import ComparisonTracker, default_tracking_uri
 from pipeline.data import load_manifest
 from pipeline.data.loaders import axial_slices
 from pipeline.experiments.config import ExperimentConfig
-from pipeline.metrics import psnr, ssim
+from pipeline.metrics import psnr, ssim_inside_and_whole
 
 METRICS = ("psnr_image", "psnr_head", "ssim_image", "ssim_head")
 PAPER = "Arridge & Hauptmann, Networks for Nonlinear Diffusion Problems in Imaging, JMIV 2020 (arXiv:1811.12084)"
@@ -192,11 +192,12 @@ def slice_metrics(out: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) ->
     def volume(slices: torch.Tensor) -> torch.Tensor:  # (N, 1, H, W) -> (1, 1, H, W, N)
         return slices.permute(1, 2, 3, 0).unsqueeze(0)
 
+    ssim_head, ssim_image = ssim_inside_and_whole(out, clean, mask)
     return {
         "psnr_head": psnr(volume(out), volume(clean), volume(mask)).item(),
-        "ssim_head": ssim(out, clean, mask).mean().item(),
+        "ssim_head": ssim_head.mean().item(),
         "psnr_image": psnr(volume(out), volume(clean)).item(),
-        "ssim_image": ssim(out, clean).mean().item(),
+        "ssim_image": ssim_image.mean().item(),
     }
 
 
