@@ -8,6 +8,9 @@ has the data at the same place relative to the repository.
 ``python -m pipeline data validate MANIFEST [--data-root DIR] [--allow-outside-root]`` prints every problem of a
 manifest (errors, then warnings), a table of its volumes per shape and spacing, and "N errors, M warnings"; the exit
 status is 1 when there are errors.
+
+``python -m pipeline data proxies [--out outputs/proxies] [--spacing 1]`` writes scans unlike IXI for development
+(:mod:`pipeline.data.proxies`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 from pathlib import Path
 
 from pipeline.data.manifest import DEFAULT_SUBJECT_PATTERN, SPLITS, build_manifest, write_manifest
+from pipeline.data.proxies import write_mni_proxy, write_resampled_proxy
 from pipeline.data.validate import validate_manifest
 
 
@@ -66,6 +70,20 @@ def add_parser(subparsers) -> None:
     )
     validate.set_defaults(func=run_validate)
 
+    proxies = commands.add_parser(
+        "proxies",
+        help="write volumes unlike IXI (MNI 1 mm template, IXI resampled to 1 mm) and their manifests",
+        description="Write development proxies for scans unlike the training data: nilearn's skull-stripped 1 mm "
+        "MNI template and the first validation/test volumes of MANIFEST resampled to --spacing mm, each with a "
+        "manifest that python -m pipeline compare reads (configs/proxy_*.yaml).",
+    )
+    proxies.add_argument("--out", default="outputs/proxies", help="folder to write into (default: outputs/proxies)")
+    proxies.add_argument("--manifest", default="data_manifests/ixi_t1.json", help="manifest to resample from")
+    proxies.add_argument("--spacing", type=float, default=1.0, help="isotropic spacing in mm (default: 1)")
+    proxies.add_argument("--validation", type=int, default=2, help="validation volumes to resample (default: 2)")
+    proxies.add_argument("--test", type=int, default=2, help="test volumes to resample (default: 2)")
+    proxies.set_defaults(func=run_proxies)
+
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
@@ -85,6 +103,14 @@ def run_manifest(args: argparse.Namespace) -> int:
         subjects = {e["subject"] for e in entries}
         print(f"{split:<10} {len(subjects):4d} subjects {len(entries):4d} files")
     print(f"wrote {out} (data_root: {manifest['data_root']})")
+    return 0
+
+
+def run_proxies(args: argparse.Namespace) -> int:
+    """Write the MNI and resampled proxies; returns the exit status."""
+    print(f"wrote {write_mni_proxy(args.out)}")
+    print(f"resampling to {args.spacing:g} mm ...", flush=True)
+    print(f"wrote {write_resampled_proxy(args.manifest, args.out, args.spacing, args.validation, args.test)}")
     return 0
 
 
