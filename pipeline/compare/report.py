@@ -58,8 +58,8 @@ def markdown_tables(summary: pd.DataFrame) -> str:
     costs.index = [LABELS[m] for m in costs.index]
     costs = pd.DataFrame({"parameters": costs["parameters"].map("{:,}".format),
                           "s / volume (median)": costs["seconds"].map("{:.2f}".format),
-                          "test subjects": costs["subjects"]}, index=costs.index)
-    parts.append(f"### Size, inference time and test subjects\n\n"
+                          "subjects": costs["subjects"]}, index=costs.index)
+    parts.append(f"### Size, inference time and subjects evaluated\n\n"
                  f"{costs.to_markdown(colalign=('left', 'right', 'right', 'right'))}\n")
     return "\n".join(parts)
 

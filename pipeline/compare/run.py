@@ -158,12 +158,12 @@ def run_comparison(config: CompareConfig) -> dict:
 
 
 def subsets_text(config: CompareConfig) -> str:
-    """A report line naming the methods (and the oracle runs) limited to the first test subjects, or ""."""
+    """A report line naming the methods (and the oracle runs) limited to the first evaluated subjects, or ""."""
     ev = config.evaluation
     parts = [f"{LABELS[m]} on the first {n}" for m, n in ev.subjects.items() if m in config.methods]
     if ev.oracle_subjects is not None:
         parts.append(f"oracle runs (every method) on the first {ev.oracle_subjects}")
-    return f"- subsets of the test subjects, for time: {'; '.join(parts)}\n" if parts else ""
+    return f"- subsets of the {ev.split} subjects, for time: {'; '.join(parts)}\n" if parts else ""
 
 
 def write_report(config: CompareConfig, methods: list[Method], rows: list[dict], shown: dict, out: Path,
