@@ -494,6 +494,29 @@ def test_context_diffnet_trains_and_denoises_slice_by_slice_with_neighbours(ixi,
     assert np.isfinite(y).all() and abs(y.mean() - x.mean()) < 0.1 * x.mean()
 
 
+def test_shipped_context_diffnet_denoises_with_its_method_file_alone(work, ixi_test_volume):
+    """``methods/diffnet_context.yaml`` finds its shipped weights (models/diffnet_context.pt) by itself and, at 5 %
+    Rician noise with the level estimated from the scan, removes well over a third of the error in the head."""
+    from pipeline.transforms import MRINoised
+
+    image = nib.load(str(ixi_test_volume))
+    clean = image.get_fdata(dtype=np.float32)
+    head = clean > 0.2 * np.percentile(clean, 99)
+    noisy = MRINoised(source_key="label", target_key="image", noise="rician", level=0.05, seed=3)(
+        {"label": clean[None] / np.percentile(clean[head], 99)})["image"][0] * np.percentile(clean[head], 99)
+    folder = work / "noisy_context_in"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(noisy, dtype=np.float32), image.affine), str(folder / "noisy.nii.gz"))
+    out = work / "shipped_context_out"
+    proc = run_bundle(bundle_args("run inference", "inference.yaml", "methods/diffnet_context.yaml",
+                                  dataset_dir=folder, output_dir=out), work / "shipped_context.log")
+    assert_ok(proc)  # the 2D models/model.pt would not even load into this 4-channel network
+    denoised = nib.load(str(out / "noisy_denoised.nii.gz")).get_fdata(dtype=np.float32)
+    error_before = np.mean((np.asarray(noisy) - clean)[head] ** 2)
+    error_after = np.mean((denoised - clean)[head] ** 2)
+    assert error_after < 0.6 * error_before, (error_after, error_before)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 6. inference on a DICOM series
 
