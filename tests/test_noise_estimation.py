@@ -2,13 +2,13 @@
 background estimator) and on the skull-stripped MNI template (the signal-region fallback); a warning when neither
 can be trusted; a given level overrides the estimate."""
 
-import os
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.data.loaders import volume_transforms
+from pipeline.data.proxies import mni_template_path
 from pipeline.transforms import (EstimateNoiseLevel, EstimateNoiseLeveld, MRINoise, NoiseEstimateWarning,
                                  RecordNoiseLeveld)
 
@@ -23,10 +23,8 @@ def ixi_volumes(ixi_dir):
 
 @pytest.fixture(scope="module")
 def mni_template():
-    nilearn = pytest.importorskip("nilearn")
-    path = os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data",
-                        "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
-    return volume_transforms("label")({"label": path})["label"]
+    pytest.importorskip("nilearn")
+    return volume_transforms("label")({"label": str(mni_template_path())})["label"]
 
 
 @pytest.mark.parametrize("noise", ["rician", "gaussian"])
