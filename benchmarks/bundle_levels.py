@@ -22,11 +22,12 @@ BUNDLE = REPO / "bundles" / "diffnet_mri_denoising"
 EVALUATE = ["train.yaml", "evaluate.yaml"]
 METHODS = {  # config files merged, extra overrides
     "noisy input": (EVALUATE, ["--network_def#_target_", "torch.nn.Identity", "--load_weights", "false",
-                               "--noise_map", "false"]),
+                               "--noise_map", "false", "--context_slices", "0"]),
     "Perona-Malik (tuned)": (EVALUATE + ["methods/perona_malik.yaml"], []),
-    "DiffNet + guidance + noise map (shipped)": (EVALUATE, []),
+    "DiffNet 2.5D + guidance + noise map (shipped)": (EVALUATE, []),
     # an earlier, noise-blind model (1 input channel), e.g. `git show v0.1:bundles/.../models/model.pt > old.pt`
-    "DiffNet + guidance, noise-blind (--old-checkpoint)": (EVALUATE, ["--noise_map", "false"]),
+    "DiffNet 2D + guidance + noise map (0.2.0)": (EVALUATE + ["methods/diffnet_2d.yaml"], []),
+    "DiffNet 2D + guidance, noise-blind (--old-checkpoint)": (EVALUATE, ["--noise_map", "false", "--context_slices", "0"]),
 }
 
 

@@ -1,6 +1,6 @@
 """Seconds per volume of the bundle's inference (``configs/inference.yaml``, the same file loop as
-``monai.bundle run inference``), measured on real volumes, for the shipped model and, optionally, an earlier
-noise-blind checkpoint side by side in one run.
+``monai.bundle run inference``), measured on real volumes, for the shipped 2.5D model, the 0.2.0 2D model
+(``models/diffnet_2d.pt``) and, optionally, an earlier noise-blind checkpoint, side by side in one run.
 
     .venv/bin/python benchmarks/inference_time.py VOLUME [VOLUME ...] [--old-checkpoint old.pt] [--repeat 3]
 
@@ -46,10 +46,13 @@ def main() -> None:
     parser.add_argument("--old-checkpoint", default=None, help="an earlier noise-blind (1-channel) DiffNet + guidance")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    rows = {"shipped (noise map, level estimated per volume)": seconds_per_volume(args.volumes, args.repeat)}
+    rows = {"shipped 2.5D (noise map, level estimated per volume)": seconds_per_volume(args.volumes, args.repeat),
+            "0.2.0 2D (models/diffnet_2d.pt)": seconds_per_volume(
+                args.volumes, args.repeat, context_slices=0, ckpt_path=str(BUNDLE / "models" / "diffnet_2d.pt"))}
     if args.old_checkpoint:
-        rows["earlier noise-blind checkpoint"] = seconds_per_volume(
-            args.volumes, args.repeat, noise_map=False, ckpt_path=str(Path(args.old_checkpoint).resolve()))
+        rows["earlier noise-blind 2D checkpoint"] = seconds_per_volume(
+            args.volumes, args.repeat, noise_map=False, context_slices=0,
+            ckpt_path=str(Path(args.old_checkpoint).resolve()))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; median over {args.repeat} passes of "
           f"{len(args.volumes)} volume(s)")
     for name, seconds in rows.items():

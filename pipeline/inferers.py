@@ -1,10 +1,11 @@
 """``SliceContextInferer``: a 2.5D network (``DiffNet(context_slices=k)``) over a whole volume, axial slice by
-axial slice, each with its neighbouring slices as input channels, as MONAI's ``SliceInferer`` runs a 2D network."""
+axial slice, each with its neighbouring slices as input channels, as MONAI's ``SliceInferer`` runs a 2D network;
+:func:`axial_slice_inferer` picks one of the two for a bundle's ``context_slices``."""
 
 from __future__ import annotations
 
 import torch
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SliceInferer
 from monai.utils import convert_to_dst_type
 
 from pipeline.transforms.slice_context import slices_with_context
@@ -34,3 +35,13 @@ class SliceContextInferer(Inferer):
                       for z in range(0, depth, self.sw_batch_size)]
             volumes.append(torch.cat(slices).permute(1, 2, 3, 0))
         return convert_to_dst_type(torch.stack(volumes), inputs)[0]
+
+
+def axial_slice_inferer(context_slices: int = 0, sw_batch_size: int = 30) -> Inferer:
+    """The whole-volume inferer of a 2D network (``context_slices`` 0: MONAI's ``SliceInferer`` along the axial,
+    last, axis) or of a 2.5D one (``k > 0``: :class:`SliceContextInferer`), ``sw_batch_size`` slices at a time."""
+    if isinstance(context_slices, bool) or not isinstance(context_slices, int) or context_slices < 0:
+        raise ValueError(f"context_slices must be a non-negative integer, got {context_slices!r}")
+    if context_slices:
+        return SliceContextInferer(context_slices, sw_batch_size)
+    return SliceInferer(roi_size=[-1, -1], spatial_dim=2, sw_batch_size=sw_batch_size, progress=False)

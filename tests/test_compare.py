@@ -81,7 +81,7 @@ def test_compare_tables(compared):
     # whole volumes: each method's time is measured on the volume it denoised
     assert summary.loc[("diffnet_guided", "rician", 0.05, "blind"), "seconds_per_volume"] > 0.1
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert "DiffNet + guidance" in report and "± " in report and "hardware:" in report and "1 epochs" in report
+    assert "DiffNet 2.5D (shipped)" in report and "± " in report and "hardware:" in report and "1 epochs" in report
     assert "(blind)" in report and "(oracle)" in report and "whole volumes" in report
     # the printed tables end with the paths of the report and the figures
     assert "PSNR inside the head" in proc.stdout and str(out / "metrics_vs_level.png") in proc.stdout
@@ -248,3 +248,17 @@ def test_ablation_on_validation_subjects_past_the_checkpoint_pickers(tmp_path, i
     assert "1 validation subjects of" in result["files"]["report"].read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="evaluation.split"):
         load_config(tiny_config(tmp_path, ixi_dir, evaluation={"split": "train"}))
+
+
+def test_training_overrides_also_shape_the_loaded_network(tmp_path, ixi_dir):
+    """``training.overrides`` that change the network (``context_slices: 0``) apply when weights are loaded: the
+    0.2.0 2D weights load as ``diffnet_guided`` and score exactly as ``diffnet_2d`` (its method file)."""
+    weights = str(BUNDLE / "models" / "diffnet_2d.pt")
+    config = load_config(tiny_config(tmp_path, ixi_dir, methods=["noisy", "diffnet_2d", "diffnet_guided"],
+                                     checkpoints={"diffnet_2d": weights, "diffnet_guided": weights},
+                                     training={"overrides": {"context_slices": 0}},
+                                     evaluation={"num_subjects": 1, "oracle_subjects": 1, "noises": ["rician"],
+                                                 "levels": [0.05]}))
+    rows = pd.read_csv(run_comparison(config)["files"]["per_subject"]).set_index(["method", "sigma"])["psnr_head"]
+    assert rows[("diffnet_guided", "blind")] == pytest.approx(rows[("diffnet_2d", "blind")], abs=1e-6)
+    assert rows[("diffnet_guided", "blind")] > rows[("noisy", "blind")] + 1

@@ -8,7 +8,7 @@ import torch
 from monai.inferers import SliceInferer
 
 from pipeline.data import slice_transforms_2d
-from pipeline.inferers import SliceContextInferer
+from pipeline.inferers import SliceContextInferer, axial_slice_inferer
 from pipeline.networks import DiffNet
 from pipeline.transforms import SlicesWithContextd, slices_with_context
 
@@ -52,6 +52,20 @@ def test_inferer_matches_running_the_network_slice_by_slice():
                               SliceInferer(roi_size=[-1, -1], spatial_dim=2, sw_batch_size=3)(volume, flat), atol=1e-6)
     with pytest.raises(ValueError, match=r"\(B, C, H, W, D\)"):
         SliceContextInferer(1)(volume[0], net)
+
+
+def test_axial_slice_inferer_picks_monai_slice_inferer_in_2d_and_the_context_inferer_in_2_5d():
+    flat, volume = DiffNet(num_layers=2, estimator_channels=8, noise_map=True).eval(), torch.rand(1, 2, 16, 20, 7)
+    inferer = axial_slice_inferer(0, sw_batch_size=4)
+    assert isinstance(inferer, SliceInferer) and inferer.sw_batch_size == 4
+    with torch.no_grad():
+        assert torch.allclose(inferer(volume, flat), torch.stack([flat(volume[..., z]) for z in range(7)], dim=-1),
+                              atol=1e-6)
+    context = axial_slice_inferer(2)
+    assert isinstance(context, SliceContextInferer) and context.context_slices == 2
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="context_slices"):
+            axial_slice_inferer(bad)
 
 
 def test_training_patches_are_three_slices_thick(ixi_dir):

@@ -16,7 +16,7 @@ import yaml
 from pipeline.transforms.noise import NOISE_MODELS
 
 CLASSICAL = ("perona_malik", "nl_means", "bm4d", "ants", "dipy_nlmeans")
-LEARNED = ("diffnet_paper", "diffnet_guided", "diffnet_diffusion", "diffnet_context", "unet")
+LEARNED = ("diffnet_paper", "diffnet_guided", "diffnet_2d", "diffnet_diffusion", "unet")
 METHODS = ("noisy", *CLASSICAL, *LEARNED)
 
 
@@ -41,7 +41,9 @@ class Training:
     epochs: int = 80
     num_volumes: int | None = None  # None: every training subject
     num_val_volumes: int = 6  # validation subjects that pick the checkpoint
-    overrides: dict = field(default_factory=dict)  # any other bundle config id, e.g. {learning_rate: 0.002}
+    # any other bundle config id, e.g. {learning_rate: 0.002}; also applied when a network is loaded (trained here or
+    # from checkpoints), so ids that change the network, e.g. {context_slices: 2}, load the weights they trained
+    overrides: dict = field(default_factory=dict)
 
     def bundle_overrides(self) -> dict:
         return {"epochs": self.epochs, "val_interval": self.epochs, "num_train_volumes": self.num_volumes,

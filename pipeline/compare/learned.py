@@ -21,10 +21,10 @@ from pipeline.handlers.checkpoint import load_weights
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "diffnet_mri_denoising"
 METHOD_FILES = {
-    "diffnet_guided": [],  # train.yaml itself: the shipped model
+    "diffnet_guided": [],  # train.yaml itself: the shipped model (2.5D)
+    "diffnet_2d": ["methods/diffnet_2d.yaml"],  # the 2D model shipped in 0.2.0
     "diffnet_paper": ["methods/diffnet_paper.yaml"],
     "diffnet_diffusion": ["methods/diffnet_diffusion.yaml"],
-    "diffnet_context": ["methods/diffnet_context.yaml"],
     "unet": ["methods/unet.yaml"],
 }
 

@@ -30,9 +30,9 @@ LABELS = {
     "ants": "ANTs DenoiseImage (tuned)",
     "dipy_nlmeans": "DIPY nlmeans (tuned)",
     "diffnet_paper": "DiffNet (paper)",
-    "diffnet_guided": "DiffNet + guidance + noise map",
-    "diffnet_diffusion": "DiffNet + guidance + noise map, diffusion mode",
-    "diffnet_context": "DiffNet 2.5D (+ neighbouring slices, guidance, noise map)",
+    "diffnet_guided": "DiffNet 2.5D (shipped)",  # all three: guidance encoder and noise map
+    "diffnet_2d": "DiffNet 2D (0.2.0)",
+    "diffnet_diffusion": "DiffNet 2D, diffusion mode",
     "unet": "residual U-Net + noise map",
 }
 

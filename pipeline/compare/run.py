@@ -78,7 +78,7 @@ def learned_methods(config: CompareConfig, device: torch.device, tracker: Compar
         if checkpoint is None:
             checkpoint, _ = train_tracked(tracker, name, name, models_dir / name, {"label": LABELS[name]},
                                           **data, **config.training.bundle_overrides())
-        methods[name] = load_learned(name, checkpoint, device)
+        methods[name] = load_learned(name, checkpoint, device, **config.training.overrides)
     return methods
 
 
