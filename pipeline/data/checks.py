@@ -52,7 +52,7 @@ VOLUME_COPIES = 8
 # Peak memory of DiffNet (+ guidance) per voxel of the slices / windows processed together, measured on a CPU
 # (960-1440 bytes in 2D and 3D, no gradients).
 ACTIVATION_BYTES_PER_VOXEL = 1200
-SLICE_BATCH = 30  # inference.yaml: SliceInferer sw_batch_size
+SLICE_BATCH = 30  # inference.yaml: axial_slice_inferer(..., sw_batch_size=30)
 WINDOW, WINDOW_BATCH = (64, 64, 64), 2  # methods/diffnet_3d.yaml: SlidingWindowInferer roi_size, sw_batch_size
 
 
