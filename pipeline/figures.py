@@ -12,15 +12,14 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.atomic_write import write_atomic  # noqa: E402
+
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save ``fig`` as PNG under a temporary name, rename it to ``path`` when complete, and close it."""
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi), suffix=".png")
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def middle_slice(volume) -> np.ndarray:

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 from monai.transforms import Compose, LoadImage, Spacing
 
+from pipeline.atomic_write import write_atomic
 from pipeline.data.manifest import load_manifest, write_manifest
 
 MNI_TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -48,10 +49,9 @@ def write_mni_proxy(out_dir: str | os.PathLike) -> Path:
     """Copy the MNI template into ``out_dir/mni152_1mm`` (as a tuning and a test subject); the manifest's path."""
     folder = Path(out_dir) / "mni152_1mm"
     folder.mkdir(parents=True, exist_ok=True)
+    template = mni_template_path()
     for name in ("MNI152-tuning.nii.gz", "MNI152.nii.gz"):
-        tmp = folder / f".{name}.tmp"
-        shutil.copyfile(mni_template_path(), tmp)
-        os.replace(tmp, folder / name)
+        write_atomic(folder / name, lambda tmp: shutil.copyfile(template, tmp))
     manifest = _manifest("mni152_1mm", "nilearn's ICBM152 2009a T1 template, 1 mm, skull-stripped; the same volume "
                          "is the tuning (validation) and the test subject",
                          [{"label": "MNI152-tuning.nii.gz", "subject": "MNI152-tuning"}],
@@ -65,10 +65,7 @@ def resample_volume(src: str | os.PathLike, dst: str | os.PathLike, spacing: flo
     volume = Compose([LoadImage(image_only=True, ensure_channel_first=True),
                       Spacing(pixdim=(spacing,) * 3, mode="bilinear")])(str(src))
     image = nib.Nifti1Image(np.asarray(volume[0], dtype=np.float32), np.asarray(volume.affine, dtype=np.float64))
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp.nii.gz")
-    nib.save(image, tmp)
-    os.replace(tmp, dst)
+    write_atomic(dst, lambda tmp: nib.save(image, tmp), suffix=".nii.gz")
     return tuple(image.shape)
 
 
